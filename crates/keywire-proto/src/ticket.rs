@@ -1,0 +1,285 @@
+//! Tickets: everything needed to dial a node, as one line of text.
+//!
+//! Text form: bech32m with prefix `kwt` over a versioned binary payload.
+//!
+//! Version 1 payload (all integers big-endian):
+//!
+//! ```text
+//! 0      1                         33        34
+//! +------+-------------------------+---------+------------------------------+
+//! | 0x01 | node id (32 bytes)      | count n | n addresses                  |
+//! +------+-------------------------+---------+------------------------------+
+//! address: 0x04 | IPv4 (4) | port (2)    or    0x06 | IPv6 (16) | port (2)
+//! ```
+//!
+//! A ticket never carries an unspecified address (`0.0.0.0`, `::`) or port 0: such an address
+//! names no reachable place, and dialing it would reach whatever happens to listen locally.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use crate::checked_text::{self, CheckedTextError};
+use crate::identity::{NodeId, NodeIdError};
+
+const TICKET_PREFIX: &str = "kwt";
+const VERSION_1: u8 = 1;
+/// Most addresses a ticket may carry; keeps tickets short enough to paste.
+pub const MAX_TICKET_ADDRS: usize = 16;
+
+/// A node and the addresses it may be reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// Who to reach: the far end must prove this key.
+    pub node_id: NodeId,
+    /// Where to try, in the order given (the dialer still prefers IPv6, RFC 8305).
+    pub direct_addrs: Vec<SocketAddr>,
+}
+
+impl NodeAddr {
+    /// A node address with the given direct addresses; v4-mapped IPv6 addresses become IPv4.
+    pub fn new(node_id: NodeId, direct_addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for addr in direct_addrs.into_iter().map(canonical_addr) {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Self { node_id, direct_addrs: addrs }
+    }
+}
+
+/// Turns `::ffff:a.b.c.d` into `a.b.c.d`, so one place has one spelling.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// A dialable ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    /// The node and where to reach it.
+    pub node: NodeAddr,
+}
+
+/// Why a ticket was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TicketError {
+    /// The text is not a well-formed, correctly checksummed ticket.
+    #[error("invalid ticket: {0}")]
+    Text(#[from] CheckedTextError),
+    /// The ticket was made by a newer keywire.
+    #[error("unsupported ticket version {0} (this keywire reads version 1); upgrade keywire")]
+    UnsupportedVersion(u8),
+    /// The payload ended early or carried extra bytes.
+    #[error("invalid ticket: {0}")]
+    Malformed(&'static str),
+    /// The node id inside is not a valid key.
+    #[error("invalid ticket: {0}")]
+    NodeId(#[from] NodeIdError),
+    /// An address that cannot be dialed.
+    #[error("invalid ticket: address {0} is not dialable (unspecified address or port 0)")]
+    UndialableAddress(SocketAddr),
+    /// No way to reach the node.
+    #[error("invalid ticket: it carries no address")]
+    NoAddress,
+    /// More addresses than a ticket may carry.
+    #[error("invalid ticket: {0} addresses, at most {MAX_TICKET_ADDRS} allowed")]
+    TooManyAddresses(usize),
+}
+
+fn check_dialable(addr: SocketAddr) -> Result<(), TicketError> {
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(TicketError::UndialableAddress(addr));
+    }
+    Ok(())
+}
+
+impl Ticket {
+    /// Makes a ticket, refusing undialable or too many addresses.
+    pub fn new(node: NodeAddr) -> Result<Self, TicketError> {
+        if node.direct_addrs.is_empty() {
+            return Err(TicketError::NoAddress);
+        }
+        if node.direct_addrs.len() > MAX_TICKET_ADDRS {
+            return Err(TicketError::TooManyAddresses(node.direct_addrs.len()));
+        }
+        for addr in &node.direct_addrs {
+            check_dialable(*addr)?;
+        }
+        Ok(Self { node })
+    }
+
+    /// The binary payload (version 1).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(34 + 19 * self.node.direct_addrs.len());
+        out.push(VERSION_1);
+        out.extend_from_slice(self.node.node_id.as_bytes());
+        out.push(self.node.direct_addrs.len() as u8);
+        for addr in &self.node.direct_addrs {
+            match addr.ip() {
+                IpAddr::V4(ip) => {
+                    out.push(4);
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(6);
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+            out.extend_from_slice(&addr.port().to_be_bytes());
+        }
+        out
+    }
+
+    /// Parses a binary payload; never panics on any input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TicketError> {
+        let mut input = Reader(bytes);
+        let version = input.u8()?;
+        if version != VERSION_1 {
+            return Err(TicketError::UnsupportedVersion(version));
+        }
+        let node_id = NodeId::from_bytes(input.array::<32>()?)?;
+        let count = input.u8()? as usize;
+        if count > MAX_TICKET_ADDRS {
+            return Err(TicketError::TooManyAddresses(count));
+        }
+        let mut addrs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let ip = match input.u8()? {
+                4 => IpAddr::V4(Ipv4Addr::from(input.array::<4>()?)),
+                6 => IpAddr::V6(Ipv6Addr::from(input.array::<16>()?)),
+                _ => return Err(TicketError::Malformed("unknown address family")),
+            };
+            let port = u16::from_be_bytes(input.array::<2>()?);
+            addrs.push(SocketAddr::new(ip, port));
+        }
+        if !input.0.is_empty() {
+            return Err(TicketError::Malformed("trailing bytes"));
+        }
+        let node = NodeAddr::new(node_id, addrs);
+        Self::new(node)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Result<u8, TicketError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], TicketError> {
+        if self.0.len() < N {
+            return Err(TicketError::Malformed("ended early"));
+        }
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        let mut out = [0u8; N];
+        out.copy_from_slice(head);
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&checked_text::encode(TICKET_PREFIX, &self.to_bytes()))
+    }
+}
+
+impl FromStr for Ticket {
+    type Err = TicketError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_bytes(&checked_text::decode(TICKET_PREFIX, s)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretKey;
+    use proptest::prelude::*;
+
+    fn node() -> NodeId {
+        SecretKey::from_seed([9; 32]).node_id()
+    }
+
+    #[test]
+    fn byte_fixture() {
+        let addrs = ["127.0.0.1:4433".parse().unwrap(), "[::1]:80".parse().unwrap()];
+        let ticket = Ticket::new(NodeAddr::new(node(), addrs)).unwrap();
+        let bytes = ticket.to_bytes();
+        let mut expected = vec![1u8];
+        expected.extend_from_slice(node().as_bytes());
+        expected.extend_from_slice(&[2, 4, 127, 0, 0, 1, 0x11, 0x51, 6]);
+        expected.extend_from_slice(&[0; 15]);
+        expected.extend_from_slice(&[1, 0, 80]);
+        assert_eq!(bytes, expected);
+        assert_eq!(Ticket::from_bytes(&bytes).unwrap(), ticket);
+        let text = ticket.to_string();
+        assert!(text.starts_with("kwt1"));
+        assert_eq!(text.parse::<Ticket>().unwrap(), ticket);
+    }
+
+    #[test]
+    fn refuses_bad_tickets() {
+        let id = node();
+        let unspecified = NodeAddr::new(id, ["0.0.0.0:5".parse().unwrap()]);
+        assert!(matches!(Ticket::new(unspecified), Err(TicketError::UndialableAddress(_))));
+        let port0 = NodeAddr::new(id, ["[::1]:0".parse().unwrap()]);
+        assert!(matches!(Ticket::new(port0), Err(TicketError::UndialableAddress(_))));
+        assert_eq!(Ticket::new(NodeAddr::new(id, [])), Err(TicketError::NoAddress));
+
+        let good = Ticket::new(NodeAddr::new(id, ["10.0.0.1:9".parse().unwrap()])).unwrap();
+        let mut bytes = good.to_bytes();
+        bytes[0] = 2;
+        assert_eq!(Ticket::from_bytes(&bytes), Err(TicketError::UnsupportedVersion(2)));
+        let mut bytes = good.to_bytes();
+        bytes.push(0);
+        assert_eq!(Ticket::from_bytes(&bytes), Err(TicketError::Malformed("trailing bytes")));
+        let bytes = good.to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(Ticket::from_bytes(&bytes[..cut]).is_err());
+        }
+        let node_text = id.to_string();
+        let err = node_text.parse::<Ticket>().unwrap_err();
+        assert!(err.to_string().contains("expected text starting with \"kwt1\""), "{err}");
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_canonical() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:7".parse().unwrap();
+        let addr = NodeAddr::new(node(), [mapped, "192.0.2.1:7".parse().unwrap()]);
+        assert_eq!(addr.direct_addrs, vec!["192.0.2.1:7".parse::<SocketAddr>().unwrap()]);
+    }
+
+    fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 1u16..).prop_map(|(ip, p)| SocketAddr::new(Ipv4Addr::from(ip).into(), p)),
+            (any::<[u8; 16]>(), 1u16..).prop_map(|(ip, p)| SocketAddr::new(Ipv6Addr::from(ip).into(), p)),
+        ]
+        .prop_filter("dialable", |a| !a.ip().is_unspecified())
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(seed in any::<[u8; 32]>(), addrs in proptest::collection::vec(arb_addr(), 1..=MAX_TICKET_ADDRS)) {
+            let node = NodeAddr::new(SecretKey::from_seed(seed).node_id(), addrs);
+            let ticket = Ticket::new(node).unwrap();
+            prop_assert_eq!(Ticket::from_bytes(&ticket.to_bytes()).unwrap(), ticket.clone());
+            prop_assert_eq!(ticket.to_string().parse::<Ticket>().unwrap(), ticket);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Ticket::from_bytes(&bytes);
+        }
+    }
+}
