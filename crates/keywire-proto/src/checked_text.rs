@@ -58,7 +58,10 @@ pub fn decode(prefix: &'static str, text: &str) -> Result<Vec<u8>, CheckedTextEr
     let found_prefix = sep.map(|i| &text[..i]).unwrap_or("");
     if !found_prefix.eq_ignore_ascii_case(prefix) {
         let found: String = text.chars().take(prefix.len() + 4).collect();
-        return Err(CheckedTextError::WrongPrefix { expected: prefix, found });
+        return Err(CheckedTextError::WrongPrefix {
+            expected: prefix,
+            found,
+        });
     }
     if text.len() > 1023 {
         return Err(CheckedTextError::WrongLength(text.len()));
@@ -97,14 +100,20 @@ mod tests {
     #[test]
     fn errors_are_specific() {
         let text = encode("kw", &[1, 2, 3, 4, 5]);
-        assert!(matches!(decode("kwt", &text), Err(CheckedTextError::WrongPrefix { .. })));
+        assert!(matches!(
+            decode("kwt", &text),
+            Err(CheckedTextError::WrongPrefix { .. })
+        ));
         let mut typo = text.clone().into_bytes();
         let last = typo.len() - 1;
         typo[last] = if typo[last] == b'q' { b'p' } else { b'q' };
         let typo = String::from_utf8(typo).unwrap();
         assert_eq!(decode("kw", &typo), Err(CheckedTextError::ChecksumMismatch));
         let bad = format!("{}b", &text[..text.len() - 1]);
-        assert_eq!(decode("kw", &bad), Err(CheckedTextError::InvalidCharacter('b')));
+        assert_eq!(
+            decode("kw", &bad),
+            Err(CheckedTextError::InvalidCharacter('b'))
+        );
         assert!(decode("kw", "").is_err());
         assert!(decode("kw", "kw1").is_err());
     }

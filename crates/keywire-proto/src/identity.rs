@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::checked_text::{self, CheckedTextError};
 
@@ -49,7 +49,8 @@ impl NodeId {
         let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
             return false;
         };
-        key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
     }
 
     /// A short prefix of the text form, for logs. Not unique: never use it to identify a node.
@@ -166,7 +167,10 @@ mod tests {
         let text = SecretKey::from_seed([1; 32]).node_id().to_string();
         let mut typo = text.into_bytes();
         typo[10] = if typo[10] == b'q' { b'p' } else { b'q' };
-        let err = String::from_utf8(typo).unwrap().parse::<NodeId>().unwrap_err();
+        let err = String::from_utf8(typo)
+            .unwrap()
+            .parse::<NodeId>()
+            .unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 

@@ -45,7 +45,10 @@ impl NodeAddr {
                 addrs.push(addr);
             }
         }
-        Self { node_id, direct_addrs: addrs }
+        Self {
+            node_id,
+            direct_addrs: addrs,
+        }
     }
 }
 
@@ -213,7 +216,10 @@ mod tests {
 
     #[test]
     fn byte_fixture() {
-        let addrs = ["127.0.0.1:4433".parse().unwrap(), "[::1]:80".parse().unwrap()];
+        let addrs = [
+            "127.0.0.1:4433".parse().unwrap(),
+            "[::1]:80".parse().unwrap(),
+        ];
         let ticket = Ticket::new(NodeAddr::new(node(), addrs)).unwrap();
         let bytes = ticket.to_bytes();
         let mut expected = vec![1u8];
@@ -232,38 +238,62 @@ mod tests {
     fn refuses_bad_tickets() {
         let id = node();
         let unspecified = NodeAddr::new(id, ["0.0.0.0:5".parse().unwrap()]);
-        assert!(matches!(Ticket::new(unspecified), Err(TicketError::UndialableAddress(_))));
+        assert!(matches!(
+            Ticket::new(unspecified),
+            Err(TicketError::UndialableAddress(_))
+        ));
         let port0 = NodeAddr::new(id, ["[::1]:0".parse().unwrap()]);
-        assert!(matches!(Ticket::new(port0), Err(TicketError::UndialableAddress(_))));
-        assert_eq!(Ticket::new(NodeAddr::new(id, [])), Err(TicketError::NoAddress));
+        assert!(matches!(
+            Ticket::new(port0),
+            Err(TicketError::UndialableAddress(_))
+        ));
+        assert_eq!(
+            Ticket::new(NodeAddr::new(id, [])),
+            Err(TicketError::NoAddress)
+        );
 
         let good = Ticket::new(NodeAddr::new(id, ["10.0.0.1:9".parse().unwrap()])).unwrap();
         let mut bytes = good.to_bytes();
         bytes[0] = 2;
-        assert_eq!(Ticket::from_bytes(&bytes), Err(TicketError::UnsupportedVersion(2)));
+        assert_eq!(
+            Ticket::from_bytes(&bytes),
+            Err(TicketError::UnsupportedVersion(2))
+        );
         let mut bytes = good.to_bytes();
         bytes.push(0);
-        assert_eq!(Ticket::from_bytes(&bytes), Err(TicketError::Malformed("trailing bytes")));
+        assert_eq!(
+            Ticket::from_bytes(&bytes),
+            Err(TicketError::Malformed("trailing bytes"))
+        );
         let bytes = good.to_bytes();
         for cut in 0..bytes.len() {
             assert!(Ticket::from_bytes(&bytes[..cut]).is_err());
         }
         let node_text = id.to_string();
         let err = node_text.parse::<Ticket>().unwrap_err();
-        assert!(err.to_string().contains("expected text starting with \"kwt1\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected text starting with \"kwt1\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn v4_mapped_addresses_are_canonical() {
         let mapped: SocketAddr = "[::ffff:192.0.2.1]:7".parse().unwrap();
         let addr = NodeAddr::new(node(), [mapped, "192.0.2.1:7".parse().unwrap()]);
-        assert_eq!(addr.direct_addrs, vec!["192.0.2.1:7".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            addr.direct_addrs,
+            vec!["192.0.2.1:7".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     fn arb_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
-            (any::<[u8; 4]>(), 1u16..).prop_map(|(ip, p)| SocketAddr::new(Ipv4Addr::from(ip).into(), p)),
-            (any::<[u8; 16]>(), 1u16..).prop_map(|(ip, p)| SocketAddr::new(Ipv6Addr::from(ip).into(), p)),
+            (any::<[u8; 4]>(), 1u16..)
+                .prop_map(|(ip, p)| SocketAddr::new(Ipv4Addr::from(ip).into(), p)),
+            (any::<[u8; 16]>(), 1u16..)
+                .prop_map(|(ip, p)| SocketAddr::new(Ipv6Addr::from(ip).into(), p)),
         ]
         .prop_filter("dialable", |a| !a.ip().is_unspecified())
     }

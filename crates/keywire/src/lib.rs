@@ -1,1 +1,48 @@
+//! keywire: reach any peer by its public key over an encrypted, reliable, multiplexed channel.
+//!
+//! An [`Endpoint`] owns one UDP socket and one identity ([`SecretKey`]). It dials peers by
+//! [`NodeAddr`] (a [`NodeId`] plus addresses, usually from a [`Ticket`]) and accepts their
+//! connections; TLS 1.3 with raw public keys proves both keys, and a post-handshake check keeps
+//! networks with different [`NetworkId`]s apart.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use keywire::{Endpoint, EndpointConfig, SecretKey};
+//!
+//! let key = SecretKey::generate(&mut rand::rngs::OsRng);
+//! let endpoint = Endpoint::bind(EndpointConfig::new(key).alpn(b"my-app/1".to_vec()))?;
+//! let ticket: keywire::Ticket = "kwt1...".parse()?;
+//! let conn = endpoint.connect(&ticket.node, b"my-app/1").await?;
+//! let (mut send, mut recv) = conn.open_bi().await?;
+//! send.write_all(b"hello").await?;
+//! send.finish()?;
+//! let reply = recv.read_to_end(1024).await?;
+//! # Ok(()) }
+//! ```
+// `deny`, not `forbid`: the `sys` module alone may call libc (DESIGN.md rule 9).
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
 
+mod accept;
+mod config;
+mod connection;
+mod dial;
+mod endpoint;
+mod error;
+mod handshake;
+pub mod key_file;
+mod metrics;
+mod router;
+mod sys;
+mod tls;
+mod udp;
+
+pub use config::EndpointConfig;
+pub use connection::Connection;
+pub use endpoint::Endpoint;
+pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
+pub use keywire_proto::{NetworkId, NodeAddr, NodeId, SecretKey, Ticket, TicketError};
+pub use metrics::MetricsSnapshot;
+pub use router::{BoxFuture, ProtocolHandler};
+pub use tls::PeerPolicy;
+pub use {keywire_proto as proto, quinn};

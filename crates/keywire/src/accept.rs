@@ -1,0 +1,113 @@
+//! The accept driver: takes incoming QUIC connections, runs the handshake and the network-id
+//! check on a task per connection (at most `max_pending_handshakes` at once), then hands each
+//! connection to its ALPN's handler or to the accept queue (see [`crate::router`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keywire_proto::{NetworkId, Role};
+use quinn::VarInt;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::error::close_code;
+use crate::handshake::{self, CheckError};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::Connection;
+
+/// What the accept driver needs; deliberately not the `Endpoint` itself, so that dropping the
+/// last `Endpoint` handle can stop the driver.
+pub(crate) struct AcceptDriver {
+    pub(crate) quinn: quinn::Endpoint,
+    pub(crate) network: NetworkId,
+    pub(crate) router: Router,
+    pub(crate) queue: mpsc::Sender<Connection>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_pending_handshakes: usize,
+    pub(crate) max_connections: usize,
+}
+
+impl AcceptDriver {
+    pub(crate) async fn run(self) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.max_pending_handshakes));
+        while let Some(incoming) = this.quinn.accept().await {
+            // open_connections counts this one too.
+            let permit = if this.quinn.open_connections() > this.max_connections {
+                None
+            } else {
+                permits.clone().try_acquire_owned().ok()
+            };
+            let Some(permit) = permit else {
+                Metrics::inc(&this.metrics.incoming_refused_busy);
+                incoming.refuse();
+                continue;
+            };
+            let driver = this.clone();
+            tokio::spawn(async move {
+                let checked =
+                    tokio::time::timeout(driver.handshake_timeout, driver.check(incoming)).await;
+                drop(permit);
+                match checked {
+                    Ok(Some(connection)) => driver.dispatch(connection).await,
+                    Ok(None) => Metrics::inc(&driver.metrics.incoming_failed),
+                    Err(_elapsed) => Metrics::inc(&driver.metrics.incoming_failed),
+                }
+            });
+        }
+    }
+
+    /// Completes the handshake and the network-id check; `None` if either failed.
+    async fn check(&self, incoming: quinn::Incoming) -> Option<Connection> {
+        let conn = incoming.accept().ok()?.await.ok()?;
+        let Some(peer) = handshake::peer_node_id(&conn) else {
+            conn.close(
+                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+                b"no node key",
+            );
+            return None;
+        };
+        let alpn = handshake::negotiated_alpn(&conn).unwrap_or_default();
+        match handshake::exchange_network_proofs(
+            &conn,
+            &self.network,
+            Role::Acceptor,
+            self.handshake_timeout,
+        )
+        .await
+        {
+            Ok(()) => Some(Connection::new(conn, peer, alpn)),
+            Err(CheckError::NetworkMismatch) => {
+                Metrics::inc(&self.metrics.network_mismatch);
+                None
+            }
+            Err(CheckError::Malformed(_) | CheckError::TimedOut) => {
+                Metrics::inc(&self.metrics.network_proof_malformed);
+                None
+            }
+            Err(CheckError::Connection(_)) => None,
+        }
+    }
+
+    async fn dispatch(&self, connection: Connection) {
+        Metrics::inc(&self.metrics.incoming_accepted);
+        if let Some(handler) = self.router.get(connection.alpn()) {
+            handler.handle(connection).await;
+            return;
+        }
+        match self.queue.try_send(connection) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(connection)) => {
+                Metrics::inc(&self.metrics.accept_queue_full);
+                connection.close(VarInt::from_u32(close_code::BUSY), b"accept queue full");
+            }
+            Err(mpsc::error::TrySendError::Closed(connection)) => {
+                connection.close(
+                    VarInt::from_u32(close_code::ENDPOINT_CLOSING),
+                    b"endpoint closing",
+                );
+            }
+        }
+    }
+}

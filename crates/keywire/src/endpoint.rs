@@ -1,0 +1,431 @@
+//! The endpoint: one UDP socket, one identity, QUIC connections to and from other nodes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use keywire_proto::ticket::canonical_addr;
+use keywire_proto::{NetworkId, NodeAddr, NodeId, Role, SecretKey};
+use quinn::VarInt;
+use tokio::sync::mpsc;
+
+use crate::accept::AcceptDriver;
+use crate::config::EndpointConfig;
+use crate::error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
+use crate::handshake::{self};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::router::{ProtocolHandler, Router};
+use crate::tls::{self, PeerPolicy};
+use crate::{dial, udp, Connection};
+
+/// Most distinct ALPNs whose client configuration is cached.
+const CLIENT_CONFIG_CACHE: usize = 64;
+
+/// A keywire node's endpoint. Cheap to clone; all clones are the same endpoint.
+///
+/// Must be created inside a tokio runtime. Dropping the last clone stops accepting new
+/// connections; connections already handed out keep working until closed.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    quinn: quinn::Endpoint,
+    secret_key: SecretKey,
+    node_id: NodeId,
+    network: NetworkId,
+    policy: Arc<PeerPolicy>,
+    metrics: Arc<Metrics>,
+    transport: Arc<quinn::TransportConfig>,
+    client_tls: rustls::ClientConfig,
+    client_configs: Mutex<HashMap<Vec<u8>, quinn::ClientConfig>>,
+    server_alpns: Mutex<Vec<Vec<u8>>>,
+    router: Router,
+    accept_queue: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
+    accept_task: tokio::task::JoinHandle<()>,
+    connect_timeout: std::time::Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.quinn.set_server_config(None);
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("node_id", &self.inner.node_id)
+            .field("local_addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Binds the UDP socket and starts accepting connections.
+    pub fn bind(config: EndpointConfig) -> Result<Self, BindError> {
+        config.validate().map_err(BindError::InvalidConfig)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let metrics = Arc::new(Metrics::default());
+        let policy = Arc::new(config.policy.clone());
+
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .map_err(|_| BindError::InvalidConfig("idle_timeout too large".into()))?,
+            ))
+            .keep_alive_interval(Some(config.keep_alive))
+            .max_concurrent_bidi_streams(VarInt::from_u32(256))
+            .max_concurrent_uni_streams(VarInt::from_u32(256));
+        let transport = Arc::new(transport);
+
+        let client_tls = tls::client_config(&config.secret_key, policy.clone(), metrics.clone())?;
+        let server_alpns = config.alpns.clone();
+        let server_config = server_config(
+            &config.secret_key,
+            &policy,
+            &metrics,
+            &transport,
+            server_alpns.clone(),
+        )?;
+
+        let socket = udp::bind(config.bind_addr).map_err(|source| BindError::Socket {
+            addr: config.bind_addr,
+            source,
+        })?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Every keywire endpoint keeps the QUIC bit set, so that a first byte with the two top
+        // bits clear can carry keywire's own control packets on the same port (DESIGN.md).
+        endpoint_config.grease_quic_bit(false);
+        let quinn = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::new(
+                endpoint_config,
+                Some(server_config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(|source| BindError::Socket {
+                addr: config.bind_addr,
+                source,
+            })?
+        };
+
+        let router = Router::default();
+        let (queue_tx, queue_rx) = mpsc::channel(config.accept_queue);
+        let driver = AcceptDriver {
+            quinn: quinn.clone(),
+            network: config.network,
+            router: router.clone(),
+            queue: queue_tx,
+            metrics: metrics.clone(),
+            handshake_timeout: config.connect_timeout,
+            max_pending_handshakes: config.max_pending_handshakes,
+            max_connections: config.max_connections,
+        };
+        let accept_task = runtime.spawn(driver.run());
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                quinn,
+                node_id: config.secret_key.node_id(),
+                secret_key: config.secret_key,
+                network: config.network,
+                policy,
+                metrics,
+                transport,
+                client_tls,
+                client_configs: Mutex::new(HashMap::new()),
+                server_alpns: Mutex::new(server_alpns),
+                router,
+                accept_queue: tokio::sync::Mutex::new(queue_rx),
+                accept_task,
+                connect_timeout: config.connect_timeout,
+            }),
+        })
+    }
+
+    /// This node's id (its public key).
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The bound socket address (`[::]:port` on a dual-stack socket).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.quinn.local_addr()
+    }
+
+    /// How peers can reach this node directly: the bound address, or, when bound to a wildcard,
+    /// the address of every interface (loopback last). IPv6 link-local addresses are left out:
+    /// they need a scope id that means nothing on another host.
+    pub fn node_addr(&self) -> std::io::Result<NodeAddr> {
+        let local = self.local_addr()?;
+        let port = local.port();
+        let addrs = if local.ip().is_unspecified() {
+            let dual_stack = local.is_ipv6();
+            let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()?
+                .into_iter()
+                .map(|iface| iface.ip())
+                .filter(|ip| dual_stack || ip.is_ipv4())
+                .filter(|ip| !is_link_local_v6(ip))
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect();
+            addrs.sort_by_key(|a| a.ip().is_loopback());
+            addrs
+        } else {
+            vec![canonical_addr(local)]
+        };
+        Ok(NodeAddr::new(self.inner.node_id, addrs))
+    }
+
+    /// Counters: dials, accepted and refused connections, rejected handshakes.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// Connects to `node` speaking `alpn`.
+    ///
+    /// Tries every direct address, IPv6 first and the next one 250 ms later or as soon as the
+    /// previous failed (RFC 8305); the first to complete the handshake *and* prove the dialed key
+    /// and our network id wins. Fails with one reason per address.
+    pub async fn connect(&self, node: &NodeAddr, alpn: &[u8]) -> Result<Connection, ConnectError> {
+        Metrics::inc(&self.inner.metrics.dials);
+        let result = self.connect_inner(node, alpn).await;
+        let counter = match &result {
+            Ok(_) => &self.inner.metrics.dials_succeeded,
+            Err(_) => &self.inner.metrics.dials_failed,
+        };
+        Metrics::inc(counter);
+        result
+    }
+
+    async fn connect_inner(
+        &self,
+        node: &NodeAddr,
+        alpn: &[u8],
+    ) -> Result<Connection, ConnectError> {
+        let expected = node.node_id;
+        if expected == self.inner.node_id {
+            return Err(ConnectError::DialSelf);
+        }
+        if !self.inner.policy.permits(&expected) {
+            return Err(ConnectError::Denied(expected));
+        }
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(ConnectError::InvalidAlpn);
+        }
+        if node.direct_addrs.is_empty() {
+            return Err(ConnectError::NoAddresses(expected));
+        }
+        let client_config = self.client_config(alpn);
+        let this = self.clone();
+        let alpn = alpn.to_vec();
+        let attempts = dial::race(
+            dial::order(&node.direct_addrs),
+            dial::ATTEMPT_DELAY,
+            move |addr| {
+                let this = this.clone();
+                let client_config = client_config.clone();
+                let alpn = alpn.clone();
+                async move {
+                    let attempt = this.attempt(addr, expected, client_config, alpn);
+                    tokio::time::timeout(this.inner.connect_timeout, attempt)
+                        .await
+                        .unwrap_or(Err(AttemptFailure::TimedOut))
+                }
+            },
+        )
+        .await;
+        attempts.map_err(|failures| self.summarize(expected, failures))
+    }
+
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+        client_config: quinn::ClientConfig,
+        alpn: Vec<u8>,
+    ) -> Result<Connection, AttemptFailure> {
+        Metrics::inc(&self.inner.metrics.dial_attempts);
+        let server_name = tls::server_name_for(&expected);
+        let connecting = self
+            .inner
+            .quinn
+            .connect_with(client_config, addr, &server_name.to_str())
+            .map_err(|e| match e {
+                quinn::ConnectError::InvalidRemoteAddress(_) => AttemptFailure::UnusableAddress,
+                other => AttemptFailure::Transport(other.to_string()),
+            })?;
+        let conn = connecting.await.map_err(|e| handshake::classify(&e))?;
+        // The verifier already checked the key; checking again here covers resumed sessions and
+        // any future change to the TLS layer.
+        if handshake::peer_node_id(&conn) != Some(expected) {
+            Metrics::inc(&self.inner.metrics.handshakes_wrong_peer);
+            conn.close(
+                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+                b"wrong peer",
+            );
+            return Err(AttemptFailure::WrongPeer);
+        }
+        let timeout = self.inner.connect_timeout;
+        match handshake::exchange_network_proofs(&conn, &self.inner.network, Role::Dialer, timeout)
+            .await
+        {
+            Ok(()) => Ok(Connection::new(conn, expected, alpn)),
+            Err(e) => {
+                let failure = e.into_failure();
+                if failure == AttemptFailure::NetworkMismatch {
+                    Metrics::inc(&self.inner.metrics.network_mismatch);
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Turns per-address failures into one error, the most telling first: an impostor or a
+    /// foreign network says more than a timeout.
+    fn summarize(&self, node: NodeId, failures: Vec<(SocketAddr, AttemptFailure)>) -> ConnectError {
+        let find =
+            |wanted: &AttemptFailure| failures.iter().find(|(_, f)| f == wanted).map(|(a, _)| *a);
+        if let Some(addr) = find(&AttemptFailure::WrongPeer) {
+            return ConnectError::WrongPeer {
+                expected: node,
+                addr,
+            };
+        }
+        if let Some(addr) = find(&AttemptFailure::NetworkMismatch) {
+            return ConnectError::NetworkMismatch { node, addr };
+        }
+        if let Some(addr) = find(&AttemptFailure::Refused) {
+            return ConnectError::Refused { node, addr };
+        }
+        if failures.iter().any(
+            |(_, f)| matches!(f, AttemptFailure::Transport(t) if t.contains("endpoint stopping")),
+        ) {
+            return ConnectError::EndpointClosed;
+        }
+        let attempts = failures
+            .into_iter()
+            .map(|(addr, failure)| AttemptError { addr, failure })
+            .collect();
+        ConnectError::Unreachable { node, attempts }
+    }
+
+    fn client_config(&self, alpn: &[u8]) -> quinn::ClientConfig {
+        let mut cache = self
+            .inner
+            .client_configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = cache.get(alpn) {
+            return config.clone();
+        }
+        if cache.len() >= CLIENT_CONFIG_CACHE {
+            cache.clear();
+        }
+        let mut tls = self.inner.client_tls.clone();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .expect("the ring provider has TLS_AES_128_GCM_SHA256, QUIC's initial suite");
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.inner.transport.clone());
+        cache.insert(alpn.to_vec(), config.clone());
+        config
+    }
+
+    /// The next accepted connection whose ALPN has no registered handler; `None` once the
+    /// endpoint is closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        self.inner.accept_queue.lock().await.recv().await
+    }
+
+    /// Accepts `alpn` from now on and hands its connections to `handler`, each on its own task.
+    /// Replaces an earlier handler of the same ALPN.
+    pub fn register(
+        &self,
+        alpn: impl Into<Vec<u8>>,
+        handler: impl ProtocolHandler,
+    ) -> Result<(), ConnectError> {
+        let alpn = alpn.into();
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(ConnectError::InvalidAlpn);
+        }
+        self.inner.router.insert(alpn.clone(), Arc::new(handler));
+        self.accept_alpn(alpn);
+        Ok(())
+    }
+
+    /// Removes the handler of `alpn`; its connections go to [`Endpoint::accept`] again.
+    pub fn unregister(&self, alpn: &[u8]) -> bool {
+        self.inner.router.remove(alpn)
+    }
+
+    /// Accepts `alpn` from incoming connections (delivered by [`Endpoint::accept`]).
+    pub fn accept_alpn(&self, alpn: impl Into<Vec<u8>>) {
+        let alpn = alpn.into();
+        let mut alpns = self
+            .inner
+            .server_alpns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if alpns.contains(&alpn) {
+            return;
+        }
+        alpns.push(alpn);
+        let inner = &self.inner;
+        if let Ok(config) = server_config(
+            &inner.secret_key,
+            &inner.policy,
+            &inner.metrics,
+            &inner.transport,
+            alpns.clone(),
+        ) {
+            inner.quinn.set_server_config(Some(config));
+        }
+    }
+
+    /// Closes every connection and the socket, waiting (up to 3 s) for peers to be told.
+    pub async fn close(&self) {
+        self.inner.accept_task.abort();
+        self.inner.quinn.close(
+            VarInt::from_u32(close_code::ENDPOINT_CLOSING),
+            b"endpoint closing",
+        );
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.inner.quinn.wait_idle(),
+        )
+        .await;
+    }
+
+    /// Waits until every connection is closed and its close frame sent (or 3 s pass).
+    pub async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.inner.quinn.wait_idle(),
+        )
+        .await;
+    }
+}
+
+fn server_config(
+    secret: &SecretKey,
+    policy: &Arc<PeerPolicy>,
+    metrics: &Arc<Metrics>,
+    transport: &Arc<quinn::TransportConfig>,
+    alpns: Vec<Vec<u8>>,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    let tls = tls::server_config(secret, policy.clone(), metrics.clone(), alpns)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .expect("the ring provider has TLS_AES_128_GCM_SHA256, QUIC's initial suite");
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport.clone());
+    Ok(config)
+}
+
+fn is_link_local_v6(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}

@@ -1,0 +1,68 @@
+//! Counters an operator can read through [`crate::Endpoint::metrics`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($(#[doc = $doc:literal] $name:ident,)*) => {
+        /// Live counters, shared by the endpoint's tasks.
+        #[derive(Debug, Default)]
+        pub(crate) struct Metrics {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of an endpoint's counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct MetricsSnapshot {
+            $(#[doc = $doc] pub $name: u64,)*
+        }
+
+        impl Metrics {
+            pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl MetricsSnapshot {
+            /// Every counter as `(name, value)`, in a stable order (for printing and JSON).
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Calls to `connect` made.
+    dials,
+    /// Calls to `connect` that returned a connection.
+    dials_succeeded,
+    /// Calls to `connect` that failed.
+    dials_failed,
+    /// Individual address attempts started by `connect` (several per dial with several addresses).
+    dial_attempts,
+    /// Incoming connections that completed the handshake and the network-id check.
+    incoming_accepted,
+    /// Incoming connections that failed during the handshake or the network-id check.
+    incoming_failed,
+    /// Incoming connection attempts refused because of the pending-handshake or connection cap.
+    incoming_refused_busy,
+    /// Accepted connections closed because nobody took them from a full accept queue.
+    accept_queue_full,
+    /// Peer keys checked by the TLS verifier (full handshakes; resumed ones skip it).
+    peer_keys_verified,
+    /// Handshakes refused by the allow or deny list (either direction).
+    handshakes_denied,
+    /// Dials where the far end proved a key other than the dialed one.
+    handshakes_wrong_peer,
+    /// Connections closed because the peer belongs to another network id.
+    network_mismatch,
+    /// Connections closed because the peer's network proof was malformed or missing.
+    network_proof_malformed,
+}
+
+impl Metrics {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,56 @@
+//! Helpers for tests on real loopback sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keywire::{Endpoint, EndpointConfig, NetworkId, NodeAddr, SecretKey};
+
+pub const ALPN: &[u8] = b"keywire-test/1";
+
+/// A config for a test node bound to IPv4 loopback, on a network of its own (so tests never
+/// talk to anything else).
+pub fn config() -> EndpointConfig {
+    let mut config = EndpointConfig::new(SecretKey::generate(&mut rand::rngs::OsRng))
+        .bind_addr("127.0.0.1:0".parse().unwrap())
+        .network(NetworkId::from_name("keywire tests"))
+        .alpn(ALPN.to_vec());
+    config.connect_timeout = Duration::from_secs(5);
+    config
+}
+
+pub fn bind(config: EndpointConfig) -> Endpoint {
+    Endpoint::bind(config).expect("bind a loopback endpoint")
+}
+
+pub fn addr_of(endpoint: &Endpoint) -> NodeAddr {
+    NodeAddr::new(endpoint.node_id(), [endpoint.local_addr().unwrap()])
+}
+
+pub fn at(node: &Endpoint, addr: SocketAddr) -> NodeAddr {
+    NodeAddr::new(node.node_id(), [addr])
+}
+
+/// Serves an echo on every bidirectional stream of every connection `accept()` returns.
+pub fn spawn_echo(endpoint: Endpoint) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(conn) = endpoint.accept().await {
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut recv, &mut send).await;
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    });
+                }
+            });
+        }
+    })
+}
+
+/// Bounds a test step in time, so a hang fails with a message instead of blocking CI.
+pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
+}
