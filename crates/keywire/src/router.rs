@@ -32,10 +32,12 @@ where
     }
 }
 
+type HandlerTable = HashMap<Vec<u8>, Arc<dyn ProtocolHandler>>;
+
 /// The table of registered handlers.
 #[derive(Default, Clone)]
 pub(crate) struct Router {
-    handlers: Arc<RwLock<HashMap<Vec<u8>, Arc<dyn ProtocolHandler>>>>,
+    handlers: Arc<RwLock<HandlerTable>>,
 }
 
 impl Router {
@@ -55,7 +57,7 @@ impl Router {
             .cloned()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Vec<u8>, Arc<dyn ProtocolHandler>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HandlerTable> {
         // A handler table is always consistent (single inserts and removes), so a poisoned lock
         // holds valid data.
         self.handlers
