@@ -1,1 +1,106 @@
-fn main() {}
+//! `keywire`: reach any peer by its public key.
+//!
+//! Thin by design: argument parsing and output here, everything else in the `keywire` library.
+
+mod demo;
+mod node;
+mod output;
+mod pipe;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Reach any peer by its public key, over an encrypted, multiplexed QUIC channel.
+#[derive(Parser, Debug)]
+#[command(name = "keywire", version, about, propagate_version = true)]
+struct Cli {
+    /// Secret key file (created on first use; default: <data dir>/keywire/secret.key).
+    #[arg(long, global = true, env = "KEYWIRE_KEY", value_name = "PATH")]
+    key: Option<PathBuf>,
+    /// Network id name: nodes only connect to nodes of the same network.
+    #[arg(long, global = true, env = "KEYWIRE_NETWORK", value_name = "NAME")]
+    network: Option<String>,
+    /// Machine-readable output: one JSON object per line (on stderr where stdout carries data).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log verbosity: -v for info, -vv for debug (or set RUST_LOG).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print this node's id (its public key), creating the key if needed.
+    Id,
+    /// Wait for one connection and pipe stdin/stdout over it, like netcat.
+    ///
+    /// Prints a ticket on stderr; stdout carries only the bytes received.
+    Listen(pipe::ListenArgs),
+    /// Connect to a node by ticket and pipe stdin/stdout over the connection.
+    Connect(pipe::ConnectArgs),
+    /// Start two nodes on this machine, connect them by key and exchange data; needs nothing
+    /// installed and no network.
+    Demo(demo::DemoArgs),
+    /// Show what a ticket contains.
+    Ticket {
+        /// The ticket (kwt1...).
+        ticket: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return output::fail(
+                cli.json,
+                &anyhow::anyhow!("cannot start the async runtime: {e}"),
+            )
+        }
+    };
+    let result = runtime.block_on(run(&cli));
+    // Pipes may leave a blocking stdin read behind; don't wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => output::fail(cli.json, &e),
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let opts = node::NodeOptions {
+        key: cli.key.clone(),
+        network: cli.network.clone(),
+        json: cli.json,
+    };
+    match &cli.command {
+        Command::Id => node::print_id(&opts),
+        Command::Listen(args) => pipe::listen(&opts, args).await,
+        Command::Connect(args) => pipe::connect(&opts, args).await,
+        Command::Demo(args) => demo::run(&opts, args).await,
+        Command::Ticket { ticket } => node::print_ticket(&opts, ticket),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,80 @@
+//! Building a node from the global options.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::output;
+use anyhow::Context;
+use keywire::key_file;
+use keywire::{Endpoint, EndpointConfig, NetworkId, SecretKey, Ticket};
+
+/// Options every command shares.
+pub struct NodeOptions {
+    pub key: Option<PathBuf>,
+    pub network: Option<String>,
+    pub json: bool,
+}
+
+impl NodeOptions {
+    pub fn key_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.key {
+            Some(path) => Ok(path.clone()),
+            None => Ok(key_file::default_key_path()?),
+        }
+    }
+
+    pub fn secret_key(&self) -> anyhow::Result<(SecretKey, PathBuf)> {
+        let path = self.key_path()?;
+        let key = key_file::load_or_create(&path)?;
+        Ok((key, path))
+    }
+
+    pub fn network(&self) -> NetworkId {
+        match &self.network {
+            Some(name) => NetworkId::from_name(name),
+            None => NetworkId::public(),
+        }
+    }
+
+    /// Binds an endpoint with this node's key.
+    pub fn endpoint(&self, bind: SocketAddr, alpn: &[u8]) -> anyhow::Result<Endpoint> {
+        let (key, _) = self.secret_key()?;
+        let config = EndpointConfig::new(key)
+            .bind_addr(bind)
+            .network(self.network())
+            .alpn(alpn.to_vec());
+        Endpoint::bind(config).context("cannot start the endpoint")
+    }
+}
+
+pub fn print_id(opts: &NodeOptions) -> anyhow::Result<()> {
+    let (key, path) = opts.secret_key()?;
+    if opts.json {
+        output::line(
+            &serde_json::json!({ "node_id": key.node_id().to_string(), "key_file": path })
+                .to_string(),
+        );
+    } else {
+        output::line(&key.node_id().to_string());
+    }
+    Ok(())
+}
+
+pub fn print_ticket(opts: &NodeOptions, text: &str) -> anyhow::Result<()> {
+    let ticket: Ticket = text.parse()?;
+    let addrs: Vec<String> = ticket
+        .node
+        .direct_addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    if opts.json {
+        output::line(&serde_json::json!({ "node_id": ticket.node.node_id.to_string(), "direct_addrs": addrs }).to_string());
+    } else {
+        output::line(&format!("node id: {}", ticket.node.node_id));
+        for addr in addrs {
+            output::line(&format!("address: {addr}"));
+        }
+    }
+    Ok(())
+}
