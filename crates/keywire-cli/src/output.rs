@@ -8,20 +8,23 @@ pub fn fail(json: bool, error: &anyhow::Error) -> ExitCode {
     // `{:#}` joins the error chain on one line: "connect: wrong peer at ...: ...".
     let message = format!("{error:#}");
     if json {
-        eprintln!(
-            "{}",
-            serde_json::json!({ "event": "error", "error": message })
-        );
+        err_line(&serde_json::json!({ "event": "error", "error": message }).to_string());
     } else {
-        eprintln!("keywire: error: {message}");
+        err_line(&format!("keywire: error: {message}"));
     }
     ExitCode::FAILURE
 }
 
 /// Writes a JSON object as one line to stderr.
 pub fn event(value: serde_json::Value) {
+    err_line(&value.to_string());
+}
+
+/// Writes one line to stderr. Unlike `eprintln!`, a closed stderr is ignored: a listener whose
+/// log reader went away must keep serving its connection.
+pub fn err_line(text: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{value}");
+    let _ = writeln!(err, "{text}");
 }
 
 /// Writes one line to stdout. A closed stdout (`keywire demo | head`) is not an error worth a

@@ -66,11 +66,11 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
             "direct_addrs": node_addr.direct_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         }));
     } else {
-        eprintln!("{ticket}");
-        eprintln!(
+        output::err_line(&ticket.to_string());
+        output::err_line(&format!(
             "keywire: listening as {}; on the other side run: keywire connect <the ticket above>",
             endpoint.node_id()
-        );
+        ));
     }
     let conn = endpoint
         .accept()
