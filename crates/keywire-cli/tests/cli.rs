@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 fn keywire() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keywire"));
     // Keep the user's environment from choosing keys or networks for the tests.
-    cmd.env_remove("KEYWIRE_KEY").env_remove("KEYWIRE_NETWORK").env_remove("RUST_LOG");
+    cmd.env_remove("KEYWIRE_KEY")
+        .env_remove("KEYWIRE_NETWORK")
+        .env_remove("RUST_LOG");
     cmd
 }
 
@@ -45,7 +47,10 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -57,10 +62,17 @@ fn id_prints_only_the_id_and_keeps_it() {
     let first = run(keywire().arg("--key").arg(&key).arg("id"));
     assert!(first.status.success(), "{}", stderr_of(&first));
     let text = String::from_utf8(first.stdout).unwrap();
-    assert_eq!(text.lines().count(), 1, "stdout must carry only the id: {text:?}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "stdout must carry only the id: {text:?}"
+    );
     let id: keywire_proto::NodeId = text.trim().parse().expect("a valid node id");
     let second = run(keywire().env("KEYWIRE_KEY", &key).arg("id"));
-    assert_eq!(String::from_utf8(second.stdout).unwrap().trim(), id.to_string());
+    assert_eq!(
+        String::from_utf8(second.stdout).unwrap().trim(),
+        id.to_string()
+    );
     let json = run(keywire().arg("--key").arg(&key).args(["--json", "id"]));
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["node_id"], id.to_string());
@@ -73,15 +85,24 @@ fn an_open_key_file_is_refused_in_one_line() {
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir("open-key");
     let key = dir.join("secret.key");
-    assert!(run(keywire().arg("--key").arg(&key).arg("id")).status.success());
+    assert!(run(keywire().arg("--key").arg(&key).arg("id"))
+        .status
+        .success());
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let before = std::fs::read(&key).unwrap();
     let out = run(keywire().arg("--key").arg(&key).arg("id"));
     assert!(!out.status.success());
     let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "one clear line: {err:?}");
-    assert!(err.starts_with("keywire: error: ") && err.contains("chmod 600"), "{err}");
-    assert_eq!(std::fs::read(&key).unwrap(), before, "the key file must not be replaced");
+    assert!(
+        err.starts_with("keywire: error: ") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key file must not be replaced"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -90,7 +111,10 @@ fn bad_tickets_give_one_clear_line() {
     for (ticket, expected) in [
         ("kwt1qqqq", "invalid ticket"),
         ("hello", "expected text starting with \"kwt1\""),
-        ("kw1cz4a0ckg02fuhyufzx2cjhn4mn8fx3jaqun75nv68spfqggn3sgqq6r386", "expected text starting with \"kwt1\""),
+        (
+            "kw1cz4a0ckg02fuhyufzx2cjhn4mn8fx3jaqun75nv68spfqggn3sgqq6r386",
+            "expected text starting with \"kwt1\"",
+        ),
     ] {
         let out = run(keywire().args(["connect", ticket]));
         assert_eq!(out.status.code(), Some(1));
@@ -103,10 +127,20 @@ fn bad_tickets_give_one_clear_line() {
 
 #[test]
 fn help_everywhere() {
-    for args in [&["--help"][..], &["id", "--help"], &["listen", "--help"], &["connect", "--help"], &["demo", "--help"], &["ticket", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["id", "--help"],
+        &["listen", "--help"],
+        &["connect", "--help"],
+        &["demo", "--help"],
+        &["ticket", "--help"],
+    ] {
         let out = run(keywire().args(args));
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
     }
 }
 
@@ -161,7 +195,10 @@ fn fifty_mib_through_listen_and_connect_processes() {
     let mut ticket = String::new();
     stderr.read_line(&mut ticket).unwrap();
     let ticket = ticket.trim().to_string();
-    assert!(ticket.starts_with("kwt1"), "first stderr line must be the ticket: {ticket:?}");
+    assert!(
+        ticket.starts_with("kwt1"),
+        "first stderr line must be the ticket: {ticket:?}"
+    );
     // Drain the rest of stderr so the listener never blocks on it.
     let listener_log = std::thread::spawn(move || {
         let mut rest = String::new();
@@ -180,13 +217,21 @@ fn fifty_mib_through_listen_and_connect_processes() {
             .spawn()
             .unwrap(),
     ));
-    let connector_status = wait_with_timeout(connector.0.as_mut().unwrap(), Duration::from_secs(120));
+    let connector_status =
+        wait_with_timeout(connector.0.as_mut().unwrap(), Duration::from_secs(120));
     connector.0 = None;
     let listener_status = wait_with_timeout(listener.0.as_mut().unwrap(), Duration::from_secs(30));
     listener.0 = None;
     let connector_err = std::fs::read_to_string(dir.join("connector.err")).unwrap();
-    assert!(connector_status.success(), "connect failed: {connector_err}");
-    assert!(listener_status.success(), "listen failed: {}", listener_log.join().unwrap());
+    assert!(
+        connector_status.success(),
+        "connect failed: {connector_err}"
+    );
+    assert!(
+        listener_status.success(),
+        "listen failed: {}",
+        listener_log.join().unwrap()
+    );
     assert!(
         std::fs::read(dir.join("listener.out")).unwrap() == std::fs::read(&to_listener).unwrap(),
         "listener's stdout differs from connector's stdin"
@@ -195,9 +240,14 @@ fn fifty_mib_through_listen_and_connect_processes() {
         std::fs::read(dir.join("connector.out")).unwrap() == std::fs::read(&to_connector).unwrap(),
         "connector's stdout differs from listener's stdin"
     );
-    let done: Vec<serde_json::Value> =
-        connector_err.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let done = done.iter().find(|v| v["event"] == "done").expect("a done event");
+    let done: Vec<serde_json::Value> = connector_err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let done = done
+        .iter()
+        .find(|v| v["event"] == "done")
+        .expect("a done event");
     assert_eq!(done["bytes_sent"], 50 << 20);
     assert_eq!(done["bytes_received"], 3 << 20);
     std::fs::remove_dir_all(dir).unwrap();
@@ -218,10 +268,21 @@ fn different_networks_fail_with_a_clear_error() {
             .unwrap(),
     ));
     let mut ticket = String::new();
-    BufReader::new(listener.0.as_mut().unwrap().stderr.take().unwrap()).read_line(&mut ticket).unwrap();
-    let out = run(keywire().arg("--key").arg(dir.join("c.key")).args(["--network", "two", "connect", ticket.trim()]));
+    BufReader::new(listener.0.as_mut().unwrap().stderr.take().unwrap())
+        .read_line(&mut ticket)
+        .unwrap();
+    let out = run(keywire().arg("--key").arg(dir.join("c.key")).args([
+        "--network",
+        "two",
+        "connect",
+        ticket.trim(),
+    ]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("another network id"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("another network id"),
+        "{}",
+        stderr_of(&out)
+    );
     drop(listener);
     std::fs::remove_dir_all(dir).unwrap();
 }

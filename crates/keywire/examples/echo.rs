@@ -41,13 +41,21 @@ async fn serve(endpoint: Endpoint) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn ask(endpoint: Endpoint, ticket: Ticket, message: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn ask(
+    endpoint: Endpoint,
+    ticket: Ticket,
+    message: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let conn = endpoint.connect(&ticket.node, ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(message.as_bytes()).await?;
     send.finish()?;
     let reply = recv.read_to_end(64 * 1024).await?;
-    println!("{} echoed: {}", conn.remote_node_id(), String::from_utf8_lossy(&reply));
+    println!(
+        "{} echoed: {}",
+        conn.remote_node_id(),
+        String::from_utf8_lossy(&reply)
+    );
     conn.close(0u32.into(), b"bye");
     endpoint.wait_idle().await;
     Ok(())
