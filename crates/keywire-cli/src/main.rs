@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "keywire", version, about, propagate_version = true)]
 struct Cli {
-    /// Secret key file (created on first use; default: <data dir>/keywire/secret.key).
+    /// Secret key file (created on first use; default: `$DATA_DIR/keywire/secret.key`).
     #[arg(long, global = true, env = "KEYWIRE_KEY", value_name = "PATH")]
     key: Option<PathBuf>,
     /// Network id name: nodes only connect to nodes of the same network.
