@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod checked_text;
+pub mod datagram;
 pub mod identity;
 pub mod network_id;
 pub mod ticket;

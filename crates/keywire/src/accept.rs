@@ -13,7 +13,10 @@ use crate::error::close_code;
 use crate::handshake::{self, CheckError};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::socket::paths::PathTable;
+use crate::transport::TransportSettings;
 use crate::Connection;
+use std::sync::Mutex;
 
 /// What the accept driver needs; deliberately not the `Endpoint` itself, so that dropping the
 /// last `Endpoint` handle can stop the driver.
@@ -23,6 +26,10 @@ pub(crate) struct AcceptDriver {
     pub(crate) router: Router,
     pub(crate) queue: mpsc::Sender<Connection>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) paths: Arc<PathTable>,
+    /// The current server configuration (ALPNs change at run time).
+    pub(crate) server_config: Arc<Mutex<quinn::ServerConfig>>,
+    pub(crate) transport: TransportSettings,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_pending_handshakes: usize,
     pub(crate) max_connections: usize,
@@ -60,7 +67,17 @@ impl AcceptDriver {
 
     /// Completes the handshake and the network-id check; `None` if either failed.
     async fn check(&self, incoming: quinn::Incoming) -> Option<Connection> {
-        let conn = incoming.accept().ok()?.await.ok()?;
+        // Each connection gets its own transport configuration, so that its congestion controller
+        // follows switches of its own path.
+        let virtual_addr = incoming.remote_address();
+        let signal = self.paths.switch_signal(&virtual_addr);
+        let mut config = self
+            .server_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        config.transport_config(Arc::new(self.transport.build(signal).ok()?));
+        let conn = incoming.accept_with(Arc::new(config)).ok()?.await.ok()?;
         let Some(peer) = handshake::peer_node_id(&conn) else {
             conn.close(
                 VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
@@ -77,7 +94,10 @@ impl AcceptDriver {
         )
         .await
         {
-            Ok(()) => Some(Connection::new(conn, peer, alpn)),
+            Ok(()) => {
+                self.paths.bind(virtual_addr, peer);
+                Some(Connection::new(conn, peer, alpn, self.paths.clone()))
+            }
             Err(CheckError::NetworkMismatch) => {
                 Metrics::inc(&self.metrics.network_mismatch);
                 None

@@ -1,8 +1,12 @@
 //! A QUIC connection whose far end proved its key and its network id.
 
+use std::net::SocketAddr;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use keywire_proto::NodeId;
+
+use crate::socket::paths::PathTable;
 
 /// An authenticated connection to a peer.
 ///
@@ -14,15 +18,36 @@ pub struct Connection {
     inner: quinn::Connection,
     remote: NodeId,
     alpn: Vec<u8>,
+    paths: Arc<PathTable>,
 }
 
 impl Connection {
-    pub(crate) fn new(inner: quinn::Connection, remote: NodeId, alpn: Vec<u8>) -> Self {
+    pub(crate) fn new(
+        inner: quinn::Connection,
+        remote: NodeId,
+        alpn: Vec<u8>,
+        paths: Arc<PathTable>,
+    ) -> Self {
         Self {
             inner,
             remote,
             alpn,
+            paths,
         }
+    }
+
+    /// The real address the peer is reached at right now.
+    ///
+    /// Shadows [`quinn::Connection::remote_address`], which reports the virtual address quinn
+    /// sees (see `docs/socket.md`); use [`Connection::virtual_address`] for that.
+    pub fn remote_address(&self) -> SocketAddr {
+        let virtual_addr = self.inner.remote_address();
+        self.paths.real_for(&virtual_addr).unwrap_or(virtual_addr)
+    }
+
+    /// The stable virtual address quinn uses for this peer.
+    pub fn virtual_address(&self) -> SocketAddr {
+        self.inner.remote_address()
     }
 
     /// The key the peer proved in the handshake.

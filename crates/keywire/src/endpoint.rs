@@ -15,8 +15,14 @@ use crate::error::{close_code, AttemptError, AttemptFailure, BindError, ConnectE
 use crate::handshake::{self};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::router::{ProtocolHandler, Router};
+use crate::socket::paths::PathTable;
+use crate::socket::{ControlChannel, KeywireSocket};
 use crate::tls::{self, PeerPolicy};
+use crate::transport::TransportSettings;
 use crate::{dial, udp, Connection};
+use keywire_proto::datagram::ControlKind;
+
+use std::time::Instant;
 
 /// Most distinct ALPNs whose client configuration is cached.
 const CLIENT_CONFIG_CACHE: usize = 64;
@@ -37,10 +43,13 @@ struct Inner {
     network: NetworkId,
     policy: Arc<PeerPolicy>,
     metrics: Arc<Metrics>,
-    transport: Arc<quinn::TransportConfig>,
+    transport: TransportSettings,
+    socket: Arc<KeywireSocket>,
+    paths: Arc<PathTable>,
     client_tls: rustls::ClientConfig,
-    client_configs: Mutex<HashMap<Vec<u8>, quinn::ClientConfig>>,
+    client_configs: Mutex<HashMap<Vec<u8>, Arc<quinn::crypto::rustls::QuicClientConfig>>>,
     server_alpns: Mutex<Vec<Vec<u8>>>,
+    server_config: Arc<Mutex<quinn::ServerConfig>>,
     router: Router,
     accept_queue: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
     accept_task: tokio::task::JoinHandle<()>,
@@ -71,16 +80,11 @@ impl Endpoint {
         let metrics = Arc::new(Metrics::default());
         let policy = Arc::new(config.policy.clone());
 
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(config.idle_timeout)
-                    .map_err(|_| BindError::InvalidConfig("idle_timeout too large".into()))?,
-            ))
-            .keep_alive_interval(Some(config.keep_alive))
-            .max_concurrent_bidi_streams(VarInt::from_u32(256))
-            .max_concurrent_uni_streams(VarInt::from_u32(256));
-        let transport = Arc::new(transport);
+        let transport = TransportSettings {
+            idle_timeout: config.idle_timeout,
+            keep_alive: config.keep_alive,
+        };
+        transport.build(None).map_err(BindError::InvalidConfig)?;
 
         let client_tls = tls::client_config(&config.secret_key, policy.clone(), metrics.clone())?;
         let server_alpns = config.alpns.clone();
@@ -91,21 +95,39 @@ impl Endpoint {
             &transport,
             server_alpns.clone(),
         )?;
+        let server_config_shared = Arc::new(Mutex::new(server_config.clone()));
 
         let socket = udp::bind(config.bind_addr).map_err(|source| BindError::Socket {
             addr: config.bind_addr,
             source,
         })?;
+        // Room for every connection plus every handshake in progress; a path idle for twice the
+        // idle timeout has no connection left.
+        let paths = Arc::new(PathTable::new(
+            config.max_connections + config.max_pending_handshakes,
+            config.idle_timeout * 2,
+        ));
+        let socket = {
+            let _guard = runtime.enter();
+            Arc::new(
+                KeywireSocket::new(socket, paths.clone(), metrics.clone()).map_err(|source| {
+                    BindError::Socket {
+                        addr: config.bind_addr,
+                        source,
+                    }
+                })?,
+            )
+        };
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Every keywire endpoint keeps the QUIC bit set, so that a first byte with the two top
         // bits clear can carry keywire's own control packets on the same port (DESIGN.md).
         endpoint_config.grease_quic_bit(false);
         let quinn = {
             let _guard = runtime.enter();
-            quinn::Endpoint::new(
+            quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config,
                 Some(server_config),
-                socket,
+                socket.clone(),
                 Arc::new(quinn::TokioRuntime),
             )
             .map_err(|source| BindError::Socket {
@@ -122,6 +144,9 @@ impl Endpoint {
             router: router.clone(),
             queue: queue_tx,
             metrics: metrics.clone(),
+            paths: paths.clone(),
+            server_config: server_config_shared.clone(),
+            transport: transport.clone(),
             handshake_timeout: config.connect_timeout,
             max_pending_handshakes: config.max_pending_handshakes,
             max_connections: config.max_connections,
@@ -137,9 +162,12 @@ impl Endpoint {
                 policy,
                 metrics,
                 transport,
+                socket,
+                paths,
                 client_tls,
                 client_configs: Mutex::new(HashMap::new()),
                 server_alpns: Mutex::new(server_alpns),
+                server_config: server_config_shared,
                 router,
                 accept_queue: tokio::sync::Mutex::new(queue_rx),
                 accept_task,
@@ -155,7 +183,7 @@ impl Endpoint {
 
     /// The bound socket address (`[::]:port` on a dual-stack socket).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.quinn.local_addr()
+        self.inner.socket.real_local_addr()
     }
 
     /// How peers can reach this node directly: the bound address, or, when bound to a wildcard,
@@ -246,15 +274,28 @@ impl Endpoint {
         &self,
         addr: SocketAddr,
         expected: NodeId,
-        client_config: quinn::ClientConfig,
+        client_config: Arc<quinn::crypto::rustls::QuicClientConfig>,
         alpn: Vec<u8>,
     ) -> Result<Connection, AttemptFailure> {
         Metrics::inc(&self.inner.metrics.dial_attempts);
+        let virtual_addr = self
+            .inner
+            .paths
+            .for_dial(addr, Instant::now())
+            .map_err(|_| AttemptFailure::Transport("path table full".into()))?;
+        let signal = self.inner.paths.switch_signal(&virtual_addr);
+        let transport = self
+            .inner
+            .transport
+            .build(signal)
+            .map_err(AttemptFailure::Transport)?;
+        let mut client_config = quinn::ClientConfig::new(client_config);
+        client_config.transport_config(Arc::new(transport));
         let server_name = tls::server_name_for(&expected);
         let connecting = self
             .inner
             .quinn
-            .connect_with(client_config, addr, &server_name.to_str())
+            .connect_with(client_config, virtual_addr, &server_name.to_str())
             .map_err(|e| match e {
                 quinn::ConnectError::InvalidRemoteAddress(_) => AttemptFailure::UnusableAddress,
                 other => AttemptFailure::Transport(other.to_string()),
@@ -274,7 +315,15 @@ impl Endpoint {
         match handshake::exchange_network_proofs(&conn, &self.inner.network, Role::Dialer, timeout)
             .await
         {
-            Ok(()) => Ok(Connection::new(conn, expected, alpn)),
+            Ok(()) => {
+                self.inner.paths.bind(virtual_addr, expected);
+                Ok(Connection::new(
+                    conn,
+                    expected,
+                    alpn,
+                    self.inner.paths.clone(),
+                ))
+            }
             Err(e) => {
                 let failure = e.into_failure();
                 if failure == AttemptFailure::NetworkMismatch {
@@ -314,7 +363,7 @@ impl Endpoint {
         ConnectError::Unreachable { node, attempts }
     }
 
-    fn client_config(&self, alpn: &[u8]) -> quinn::ClientConfig {
+    fn client_config(&self, alpn: &[u8]) -> Arc<quinn::crypto::rustls::QuicClientConfig> {
         let mut cache = self
             .inner
             .client_configs
@@ -328,12 +377,12 @@ impl Endpoint {
         }
         let mut tls = self.inner.client_tls.clone();
         tls.alpn_protocols = vec![alpn.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .expect("the ring provider has TLS_AES_128_GCM_SHA256, QUIC's initial suite");
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(self.inner.transport.clone());
-        cache.insert(alpn.to_vec(), config.clone());
-        config
+        let crypto = Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                .expect("the ring provider has TLS_AES_128_GCM_SHA256, QUIC's initial suite"),
+        );
+        cache.insert(alpn.to_vec(), crypto.clone());
+        crypto
     }
 
     /// The next accepted connection whose ALPN has no registered handler; `None` once the
@@ -383,7 +432,23 @@ impl Endpoint {
             &inner.transport,
             alpns.clone(),
         ) {
+            *inner
+                .server_config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = config.clone();
             inner.quinn.set_server_config(Some(config));
+        }
+    }
+
+    /// Claims control packets of `kind` on this endpoint's UDP port, for a protocol that runs
+    /// beside QUIC (probes, relay frames, DHT). At most `queue` packets wait; more are dropped
+    /// and counted (`control_queue_full`). A later claim of the same kind replaces this one.
+    pub fn control_channel(&self, kind: ControlKind, queue: usize) -> ControlChannel {
+        let receiver = self.inner.socket.control.register(kind, queue);
+        ControlChannel {
+            kind,
+            receiver,
+            socket: self.inner.socket.clone(),
         }
     }
 
@@ -415,14 +480,19 @@ fn server_config(
     secret: &SecretKey,
     policy: &Arc<PeerPolicy>,
     metrics: &Arc<Metrics>,
-    transport: &Arc<quinn::TransportConfig>,
+    transport: &TransportSettings,
     alpns: Vec<Vec<u8>>,
 ) -> Result<quinn::ServerConfig, rustls::Error> {
     let tls = tls::server_config(secret, policy.clone(), metrics.clone(), alpns)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .expect("the ring provider has TLS_AES_128_GCM_SHA256, QUIC's initial suite");
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport.clone());
+    // Validated by `bind` before this is called.
+    let transport = transport.build(None).map_err(rustls::Error::General)?;
+    config.transport_config(Arc::new(transport));
+    // Paths change under the virtual addresses, never in quinn's view: a known connection's
+    // packet from another address is dropped (and counted by the socket), not migrated.
+    config.migration(false);
     Ok(config)
 }
 

@@ -33,8 +33,10 @@ mod handshake;
 pub mod key_file;
 mod metrics;
 mod router;
+mod socket;
 mod sys;
 mod tls;
+mod transport;
 mod udp;
 
 pub use config::EndpointConfig;
@@ -44,5 +46,7 @@ pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectErro
 pub use keywire_proto::{NetworkId, NodeAddr, NodeId, SecretKey, Ticket, TicketError};
 pub use metrics::MetricsSnapshot;
 pub use router::{BoxFuture, ProtocolHandler};
+pub use socket::{ControlChannel, ControlDatagram};
 pub use tls::PeerPolicy;
+pub use transport::{MAX_UDP_PAYLOAD, RELAY_HEADER_ROOM};
 pub use {keywire_proto as proto, quinn};

@@ -59,6 +59,22 @@ counters! {
     network_mismatch,
     /// Connections closed because the peer's network proof was malformed or missing.
     network_proof_malformed,
+    /// Control packets handed to their protocol.
+    control_received,
+    /// Control packets of a kind nobody here handles (dropped).
+    control_unknown,
+    /// Control packets too short or of an unknown version, and empty datagrams (dropped).
+    control_malformed,
+    /// Control packets dropped because their protocol's queue was full.
+    control_queue_full,
+    /// STUN packets (first byte 0x00-0x03; dropped, keywire answers none yet).
+    stun_ignored,
+    /// QUIC packets from an unknown address that could not open a connection (dropped); with quinn's migration off, a known connection's packets from a new address land here.
+    quic_from_unknown_source,
+    /// Datagrams dropped because the path table was full of active paths.
+    path_table_full,
+    /// Datagrams quinn sent to a virtual address with no path (dropped).
+    send_no_path,
 }
 
 impl Metrics {
