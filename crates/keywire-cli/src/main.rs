@@ -2,6 +2,7 @@
 //!
 //! Thin by design: argument parsing and output here, everything else in the `keywire` library.
 
+mod bench;
 mod demo;
 mod node;
 mod output;
@@ -45,6 +46,8 @@ enum Command {
     /// Start two nodes on this machine, connect them by key and exchange data; needs nothing
     /// installed and no network.
     Demo(demo::DemoArgs),
+    /// Benchmarks: keywire against its baseline in the same run, one JSON line per result.
+    Bench(bench::BenchArgs),
     /// Show what a ticket contains.
     Ticket {
         /// The ticket (kwt1...).
@@ -88,6 +91,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Connect(args) => pipe::connect(&opts, args).await,
         Command::Demo(args) => demo::run(&opts, args).await,
         Command::Ticket { ticket } => node::print_ticket(&opts, ticket),
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod accept;
+pub mod bench_support;
 mod config;
 mod connection;
 mod dial;

@@ -1,0 +1,53 @@
+//! `keywire bench <name>`: keywire against its baseline in the same run, one JSON object per
+//! result (DESIGN.md, Benchmarks).
+
+mod connect;
+mod cpu;
+mod delay_proxy;
+mod stats;
+mod throughput;
+
+use clap::Subcommand;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// One stream over loopback: keywire (one-port socket, virtual addresses) against plain
+    /// quinn with identical TLS, transport settings and socket buffers; ABBA pairs.
+    Throughput(throughput::Args),
+    /// Time from connect() to the first echoed byte against plain quinn (ABBA), and round trips
+    /// counted through an in-process delaying proxy.
+    Connect(connect::Args),
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    match &args.bench {
+        Bench::Throughput(a) => throughput::run(a).await,
+        Bench::Connect(a) => connect::run(a).await,
+    }
+}
+
+/// Prints one result line.
+pub fn emit(bench: &str, value: f64, unit: &str, baseline: Option<f64>, extra: serde_json::Value) {
+    let ratio = baseline.filter(|b| *b != 0.0).map(|b| value / b);
+    let mut line = serde_json::json!({
+        "bench": bench, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+    });
+    if let (Some(obj), Some(more)) = (line.as_object_mut(), extra.as_object()) {
+        obj.extend(more.clone());
+    }
+    crate::output::line(&line.to_string());
+}
+
+/// The endpoints' shared test identity settings: a network of the bench's own, loopback only.
+pub fn config(alpn: &[u8]) -> keywire::EndpointConfig {
+    keywire::EndpointConfig::new(keywire::SecretKey::generate(&mut rand::rngs::OsRng))
+        .bind_addr("127.0.0.1:0".parse().expect("literal address"))
+        .network(keywire::NetworkId::from_name("keywire bench"))
+        .alpn(alpn.to_vec())
+}
