@@ -20,29 +20,54 @@ pub fn plain_quinn_endpoint(config: &EndpointConfig) -> Result<quinn::Endpoint, 
     config.validate().map_err(BindError::InvalidConfig)?;
     let policy = Arc::new(config.policy.clone());
     let metrics = Arc::new(Metrics::default());
-    let transport = TransportSettings { idle_timeout: config.idle_timeout, keep_alive: config.keep_alive };
+    let transport = TransportSettings {
+        idle_timeout: config.idle_timeout,
+        keep_alive: config.keep_alive,
+    };
     let server_tls = tls::server_config(&config.secret_key, policy, metrics, config.alpns.clone())?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .expect("the ring provider has QUIC's initial suite");
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport.build(None).map_err(BindError::InvalidConfig)?));
-    let socket = udp::bind(config.bind_addr).map_err(|source| BindError::Socket { addr: config.bind_addr, source })?;
+    server.transport_config(Arc::new(
+        transport.build(None).map_err(BindError::InvalidConfig)?,
+    ));
+    let socket = udp::bind(config.bind_addr).map_err(|source| BindError::Socket {
+        addr: config.bind_addr,
+        source,
+    })?;
     let mut endpoint_config = quinn::EndpointConfig::default();
     endpoint_config.grease_quic_bit(false);
-    quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|source| BindError::Socket { addr: config.bind_addr, source })
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| BindError::Socket {
+        addr: config.bind_addr,
+        source,
+    })
 }
 
 /// The client configuration a keywire endpoint from `config` would dial `alpn` with.
-pub fn plain_client_config(config: &EndpointConfig, alpn: &[u8]) -> Result<quinn::ClientConfig, BindError> {
+pub fn plain_client_config(
+    config: &EndpointConfig,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, BindError> {
     let policy = Arc::new(config.policy.clone());
-    let mut client_tls = tls::client_config(&config.secret_key, policy, Arc::new(Metrics::default()))?;
+    let mut client_tls =
+        tls::client_config(&config.secret_key, policy, Arc::new(Metrics::default()))?;
     client_tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
         .expect("the ring provider has QUIC's initial suite");
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let transport = TransportSettings { idle_timeout: config.idle_timeout, keep_alive: config.keep_alive };
-    client.transport_config(Arc::new(transport.build(None).map_err(BindError::InvalidConfig)?));
+    let transport = TransportSettings {
+        idle_timeout: config.idle_timeout,
+        keep_alive: config.keep_alive,
+    };
+    client.transport_config(Arc::new(
+        transport.build(None).map_err(BindError::InvalidConfig)?,
+    ));
     Ok(client)
 }
 
@@ -58,5 +83,7 @@ pub async fn plain_connect(
     addr: SocketAddr,
     node: &NodeId,
 ) -> Result<quinn::Connection, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(endpoint.connect_with(client, addr, &server_name(node))?.await?)
+    Ok(endpoint
+        .connect_with(client, addr, &server_name(node))?
+        .await?)
 }

@@ -44,6 +44,7 @@ pub use config::EndpointConfig;
 pub use connection::Connection;
 pub use endpoint::Endpoint;
 pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
+pub use keywire_proto::datagram::ControlKind;
 pub use keywire_proto::{NetworkId, NodeAddr, NodeId, SecretKey, Ticket, TicketError};
 pub use metrics::MetricsSnapshot;
 pub use router::{BoxFuture, ProtocolHandler};

@@ -73,7 +73,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 
 fn setup() -> anyhow::Result<Setup> {
     let kw_server = Endpoint::bind(config(ALPN))?;
-    kw_server.register(ALPN.to_vec(), |conn: Connection| async move { echo(conn.quinn().clone()).await })?;
+    kw_server.register(ALPN.to_vec(), |conn: Connection| async move {
+        echo(conn.quinn().clone()).await
+    })?;
     let kw_client = Endpoint::bind(config(ALPN))?;
     let q_server_config = config(ALPN);
     let q_node = q_server_config.secret_key.node_id();
@@ -91,7 +93,14 @@ fn setup() -> anyhow::Result<Setup> {
             });
         }
     });
-    Ok(Setup { kw_client, kw_server, q_client, q_server, q_dial, q_node })
+    Ok(Setup {
+        kw_client,
+        kw_server,
+        q_client,
+        q_server,
+        q_dial,
+        q_node,
+    })
 }
 
 async fn echo(conn: keywire::quinn::Connection) {
@@ -103,7 +112,11 @@ async fn echo(conn: keywire::quinn::Connection) {
     }
 }
 
-async fn abba(setup: &Setup, pairs: usize, delay: Option<Duration>) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+async fn abba(
+    setup: &Setup,
+    pairs: usize,
+    delay: Option<Duration>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let (mut ratios, mut kw, mut q) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..pairs {
         let mut k = 0.0;
@@ -125,7 +138,10 @@ async fn abba(setup: &Setup, pairs: usize, delay: Option<Duration>) -> anyhow::R
     Ok((ratios, kw, q))
 }
 
-async fn target(server: SocketAddr, delay: Option<Duration>) -> anyhow::Result<(SocketAddr, Option<DelayProxy>)> {
+async fn target(
+    server: SocketAddr,
+    delay: Option<Duration>,
+) -> anyhow::Result<(SocketAddr, Option<DelayProxy>)> {
     match delay {
         None => Ok((server, None)),
         Some(one_way) => {

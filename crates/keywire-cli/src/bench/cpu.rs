@@ -17,7 +17,9 @@ pub fn process_cpu_seconds() -> Option<f64> {
 /// which is what Linux uses on every common architecture.
 fn clock_ticks_per_second() -> f64 {
     const AT_CLKTCK: u64 = 17;
-    let Ok(auxv) = std::fs::read("/proc/self/auxv") else { return 100.0 };
+    let Ok(auxv) = std::fs::read("/proc/self/auxv") else {
+        return 100.0;
+    };
     auxv.chunks_exact(16)
         .map(|pair| {
             let key = u64::from_ne_bytes(pair[..8].try_into().unwrap_or([0; 8]));

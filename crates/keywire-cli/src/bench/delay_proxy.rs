@@ -46,7 +46,9 @@ impl DelayProxy {
                     }
                     server
                 };
-                let Ok(permit) = budget.clone().try_acquire_owned() else { continue };
+                let Ok(permit) = budget.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let datagram = buf[..len].to_vec();
                 let socket = socket.clone();
                 tokio::spawn(async move {

@@ -42,7 +42,10 @@ struct Side {
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.pairs >= 1 && args.bytes >= CHUNK as u64, "need at least 1 pair and 1 MiB");
+    anyhow::ensure!(
+        args.pairs >= 1 && args.bytes >= CHUNK as u64,
+        "need at least 1 pair and 1 MiB"
+    );
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -50,7 +53,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let spread = iqr(&ratios);
         let noisy = spread > NOISY_IQR;
         if noisy && attempt < 3 {
-            crate::output::err_line(&format!("throughput: IQR {spread:.3} > {NOISY_IQR}: noisy, repeating"));
+            crate::output::err_line(&format!(
+                "throughput: IQR {spread:.3} > {NOISY_IQR}: noisy, repeating"
+            ));
             continue;
         }
         let scenario = format!("loopback_{}mib", args.bytes >> 20);
@@ -93,8 +98,14 @@ async fn measure(args: &Args) -> anyhow::Result<(Side, Side, Vec<f64>)> {
     let q_addr = q_server.local_addr()?;
     let payload = Bytes::from(vec![0x5a; CHUNK]);
 
-    let mut kw = Side { throughput: Vec::new(), cpu_per_gib: Vec::new() };
-    let mut quinn = Side { throughput: Vec::new(), cpu_per_gib: Vec::new() };
+    let mut kw = Side {
+        throughput: Vec::new(),
+        cpu_per_gib: Vec::new(),
+    };
+    let mut quinn = Side {
+        throughput: Vec::new(),
+        cpu_per_gib: Vec::new(),
+    };
     let mut ratios = Vec::new();
     for pair in 0..args.pairs {
         let mut results = [None, None];
@@ -117,7 +128,9 @@ async fn measure(args: &Args) -> anyhow::Result<(Side, Side, Vec<f64>)> {
             };
             results[usize::from(!keywire_turn)] = Some(sample);
         }
-        let [Some(k), Some(q)] = results else { unreachable!("both turns ran") };
+        let [Some(k), Some(q)] = results else {
+            unreachable!("both turns ran")
+        };
         let gib = args.bytes as f64 / (1u64 << 30) as f64;
         let mib = args.bytes as f64 / (1u64 << 20) as f64;
         kw.throughput.push(mib / k.seconds);
@@ -153,8 +166,14 @@ async fn timed_send(
     let received = receiver.await??;
     let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = cpu::process_cpu_seconds().context("no /proc/self/stat")? - cpu_start;
-    anyhow::ensure!(received == bytes, "receiver got {received} of {bytes} bytes");
-    Ok(Sample { seconds, cpu_seconds })
+    anyhow::ensure!(
+        received == bytes,
+        "receiver got {received} of {bytes} bytes"
+    );
+    Ok(Sample {
+        seconds,
+        cpu_seconds,
+    })
 }
 
 async fn receive_keywire(server: Endpoint) -> anyhow::Result<u64> {

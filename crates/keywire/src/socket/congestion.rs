@@ -143,3 +143,48 @@ impl Controller for PathAwareController {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::paths::PathTable;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    #[test]
+    fn resets_on_switch_and_ignores_losses_from_before() {
+        let table = PathTable::new(4, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let v = table.for_dial("192.0.2.1:1".parse().unwrap(), t0).unwrap();
+        let factory = Arc::new(PathAwareFactory::new(table.switch_signal(&v).unwrap()));
+        let mut cc = factory.build(t0, 1200);
+        let initial = cc.window();
+        // A loss halves Cubic's window (roughly): the controller is live.
+        cc.on_congestion_event(t0 + Duration::from_millis(10), t0, false, 1200);
+        let reduced = cc.window();
+        assert!(reduced < initial, "{reduced} < {initial}");
+
+        let switch_at = t0 + Duration::from_millis(20);
+        let direct: SocketAddr = "198.51.100.7:9".parse().unwrap();
+        assert!(table.switch(v, direct, switch_at));
+        // The first callback after the switch starts afresh.
+        cc.on_sent(switch_at + Duration::from_millis(1), 1200, 1);
+        assert_eq!(cc.window(), initial, "window reset on path switch");
+        // Losses of packets sent before the switch are ignored...
+        cc.on_congestion_event(
+            switch_at + Duration::from_millis(5),
+            t0 + Duration::from_millis(15),
+            true,
+            50_000,
+        );
+        assert_eq!(cc.window(), initial);
+        // ...losses after it count.
+        cc.on_congestion_event(
+            switch_at + Duration::from_millis(9),
+            switch_at + Duration::from_millis(2),
+            false,
+            1200,
+        );
+        assert!(cc.window() < initial);
+    }
+}

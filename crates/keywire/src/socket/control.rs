@@ -40,9 +40,9 @@ impl ControlChannel {
     }
 
     /// Sends `payload` as a control packet of this kind to a real address. Fails only as the
-    /// socket does (e.g. `WouldBlock` when its send buffer is full: control traffic is dropped
-    /// rather than queued).
-    pub fn send(&self, to: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
+    /// socket does (`WouldBlock` if its send buffer stays full: control traffic gives way to
+    /// QUIC rather than queueing).
+    pub async fn send(&self, to: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
         let mut packet =
             Vec::with_capacity(payload.len() + keywire_proto::datagram::CONTROL_HEADER_LEN);
         ControlPacket {
@@ -50,7 +50,7 @@ impl ControlChannel {
             payload,
         }
         .encode(&mut packet);
-        self.socket.send_control(to, &packet)
+        self.socket.send_control(to, &packet).await
     }
 }
 
