@@ -8,6 +8,7 @@
 
 pub mod checked_text;
 pub mod datagram;
+pub mod gro;
 pub mod identity;
 pub mod network_id;
 pub mod ticket;

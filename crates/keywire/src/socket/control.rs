@@ -12,7 +12,7 @@ use bytes::Bytes;
 use keywire_proto::datagram::{ControlError, ControlKind, ControlPacket, DatagramClass};
 use tokio::sync::mpsc;
 
-use super::batch::SegmentSink;
+use keywire_proto::gro::SegmentSink;
 use crate::metrics::Metrics;
 
 /// A control packet as a protocol receives it.

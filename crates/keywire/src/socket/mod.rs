@@ -1,7 +1,7 @@
 //! The one UDP port: QUIC for quinn, keywire control packets for their protocols, and virtual
 //! addresses so that quinn never sees (or depends on) a real address. See `docs/socket.md`.
 
-mod batch;
+
 pub(crate) mod congestion;
 mod control;
 pub(crate) mod paths;
@@ -15,6 +15,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use keywire_proto::datagram::DatagramClass;
+use keywire_proto::gro;
 use keywire_proto::ticket::canonical_addr;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -220,7 +221,7 @@ impl KeywireSocket {
                 from: real,
                 metrics: &self.metrics,
             };
-            let len = batch::keep_quic(&mut bufs[i], entry.len, entry.stride, &mut sink);
+            let len = gro::keep_quic(&mut bufs[i], entry.len, entry.stride, &mut sink);
             if len == 0 {
                 continue;
             }

@@ -5,10 +5,10 @@
 //! control packet of the same size may sit anywhere in it. Removing a segment and moving the
 //! later ones forward keeps the batch valid: every segment but the last is still `stride` long.
 
-use keywire_proto::datagram::{classify, DatagramClass};
+use crate::datagram::{classify, DatagramClass};
 
 /// What happened to the non-QUIC segments of a buffer.
-pub(crate) trait SegmentSink {
+pub trait SegmentSink {
     /// A control packet (first byte `0x04..=0x3F`), for the control dispatcher.
     fn control(&mut self, packet: &[u8]);
     /// A STUN packet or an empty datagram: dropped.
@@ -17,7 +17,7 @@ pub(crate) trait SegmentSink {
 
 /// Keeps the QUIC segments of `buf[..len]` at its front, in order, hands every other segment to
 /// `sink`, and returns the new length. `stride` 0 means one datagram.
-pub(crate) fn keep_quic(
+pub fn keep_quic(
     buf: &mut [u8],
     len: usize,
     stride: usize,
