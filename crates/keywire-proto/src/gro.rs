@@ -17,12 +17,7 @@ pub trait SegmentSink {
 
 /// Keeps the QUIC segments of `buf[..len]` at its front, in order, hands every other segment to
 /// `sink`, and returns the new length. `stride` 0 means one datagram.
-pub fn keep_quic(
-    buf: &mut [u8],
-    len: usize,
-    stride: usize,
-    sink: &mut impl SegmentSink,
-) -> usize {
+pub fn keep_quic(buf: &mut [u8], len: usize, stride: usize, sink: &mut impl SegmentSink) -> usize {
     let len = len.min(buf.len());
     let stride = if stride == 0 { len } else { stride };
     if len == 0 {

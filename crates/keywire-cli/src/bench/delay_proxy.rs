@@ -1,63 +1,73 @@
 //! A UDP forwarder on loopback that delays every datagram by a fixed one-way time, so connection
 //! set-up can be counted in round trips (elapsed / RTT) rather than reported as a bare time.
 //!
-//! Serves one client: the first source address that writes to it. Bounded: at most
-//! `MAX_IN_FLIGHT` datagrams wait at once, more are dropped; it stops when dropped.
+//! Serves one client: the first source address that writes to it. Order is kept per direction
+//! (a FIFO per direction with a constant delay): reordering would make QUIC drop 1-RTT packets
+//! that overtake the handshake and skew the count. Bounded: at most `QUEUE` datagrams wait per
+//! direction, more are dropped. It stops when dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-const MAX_IN_FLIGHT: usize = 4096;
+const QUEUE: usize = 4096;
 
 pub struct DelayProxy {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for DelayProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
+
+type Delayed = (Instant, Vec<u8>, SocketAddr);
 
 impl DelayProxy {
     /// Starts a proxy in front of `server` adding `one_way` in each direction.
     pub async fn start(server: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = socket.local_addr()?;
-        let task = tokio::spawn(async move {
+        let (to_server, from_client) = mpsc::channel::<Delayed>(QUEUE);
+        let (to_client, from_server) = mpsc::channel::<Delayed>(QUEUE);
+        let forwarders =
+            [from_client, from_server].map(|queue| tokio::spawn(forward(socket.clone(), queue)));
+        let receiver = tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
-            let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             let mut buf = vec![0u8; 65536];
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                let to = if from == server {
+                let due = Instant::now() + one_way;
+                let (queue, to) = if from == server {
                     match client {
-                        Some(c) => c,
+                        Some(c) => (&to_client, c),
                         None => continue,
                     }
+                } else if *client.get_or_insert(from) == from {
+                    (&to_server, server)
                 } else {
-                    client.get_or_insert(from);
-                    if Some(from) != client {
-                        continue;
-                    }
-                    server
-                };
-                let Ok(permit) = budget.clone().try_acquire_owned() else {
                     continue;
                 };
-                let datagram = buf[..len].to_vec();
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(one_way).await;
-                    let _ = socket.send_to(&datagram, to).await;
-                    drop(permit);
-                });
+                // A full queue drops, like a router's buffer.
+                let _ = queue.try_send((due, buf[..len].to_vec(), to));
             }
         });
-        Ok(Self { addr, task })
+        let mut tasks = vec![receiver];
+        tasks.extend(forwarders);
+        Ok(Self { addr, tasks })
+    }
+}
+
+async fn forward(socket: Arc<UdpSocket>, mut queue: mpsc::Receiver<Delayed>) {
+    while let Some((due, datagram, to)) = queue.recv().await {
+        tokio::time::sleep_until(due).await;
+        let _ = socket.send_to(&datagram, to).await;
     }
 }

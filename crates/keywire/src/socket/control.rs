@@ -12,8 +12,8 @@ use bytes::Bytes;
 use keywire_proto::datagram::{ControlError, ControlKind, ControlPacket, DatagramClass};
 use tokio::sync::mpsc;
 
-use keywire_proto::gro::SegmentSink;
 use crate::metrics::Metrics;
+use keywire_proto::gro::SegmentSink;
 
 /// A control packet as a protocol receives it.
 #[derive(Debug, Clone)]

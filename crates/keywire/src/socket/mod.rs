@@ -1,7 +1,6 @@
 //! The one UDP port: QUIC for quinn, keywire control packets for their protocols, and virtual
 //! addresses so that quinn never sees (or depends on) a real address. See `docs/socket.md`.
 
-
 pub(crate) mod congestion;
 mod control;
 pub(crate) mod paths;
