@@ -322,6 +322,20 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    proptest::proptest! {
+        #[test]
+        fn file_format_round_trip(seed in proptest::prelude::any::<[u8; 32]>()) {
+            let key = SecretKey::from_seed(seed);
+            let parsed = parse(format(&key).as_bytes()).expect("own format parses");
+            proptest::prop_assert_eq!(parsed.to_seed(), seed);
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+    }
+
     #[test]
     fn file_format_fixture() {
         let key = SecretKey::from_seed([0xab; 32]);
