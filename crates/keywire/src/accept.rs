@@ -40,6 +40,16 @@ impl AcceptDriver {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.max_pending_handshakes));
         while let Some(incoming) = this.quinn.accept().await {
+            // Under load (half the handshake slots taken), an unvalidated source must first echo
+            // a Retry token (RFC 9000 §8.1.2): a spoofed flood then costs one small packet each
+            // instead of a handshake slot and up to three times its size in replies.
+            let under_load = permits.available_permits() < this.max_pending_handshakes / 2;
+            if under_load && !incoming.remote_address_validated() && incoming.may_retry() {
+                Metrics::inc(&this.metrics.incoming_retried);
+                // Fails only if a Retry is not allowed for it, which may_retry excluded.
+                let _ = incoming.retry();
+                continue;
+            }
             // open_connections counts this one too.
             let permit = if this.quinn.open_connections() > this.max_connections {
                 None

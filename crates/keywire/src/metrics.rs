@@ -47,6 +47,8 @@ counters! {
     incoming_failed,
     /// Incoming connection attempts refused because of the pending-handshake or connection cap.
     incoming_refused_busy,
+    /// Incoming connection attempts answered with a QUIC Retry (address validation under load).
+    incoming_retried,
     /// Accepted connections closed because nobody took them from a full accept queue.
     accept_queue_full,
     /// Peer keys checked by the TLS verifier (full handshakes; resumed ones skip it).

@@ -401,3 +401,61 @@ fn bind_outside_a_runtime_is_a_clear_error() {
     let err = keywire::Endpoint::bind(config()).unwrap_err();
     assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
+
+/// Forwards only the first datagram a client sends, then swallows everything: the server is left
+/// with a handshake that never completes, holding one of its handshake slots.
+fn stalling_proxy(server: std::net::SocketAddr) -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], server);
+        }
+        // Keep the socket (and the server's view of this "client") alive until the test ends.
+        while socket.recv_from(&mut buf).is_ok() {}
+    });
+    addr
+}
+
+#[tokio::test]
+async fn unvalidated_sources_get_a_retry_under_load() {
+    let server = bind({
+        let mut c = config();
+        c.max_pending_handshakes = 4;
+        c
+    });
+    // Three handshakes that never finish: 1 slot of 4 left, under half, so the server is loaded.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let proxy = stalling_proxy(server.local_addr().unwrap());
+        let client = bind({
+            let mut c = config();
+            c.connect_timeout = Duration::from_secs(2);
+            c
+        });
+        let node = NodeAddr::new(server.node_id(), [proxy]);
+        stalled.push(tokio::spawn(async move {
+            client.connect(&node, ALPN).await.is_err()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.metrics().incoming_retried, 0);
+    // A real client is asked to prove its address first, then connects.
+    let client = bind(config());
+    let conn = within(
+        10,
+        "connect under load",
+        client.connect(&addr_of(&server), ALPN),
+    )
+    .await
+    .expect("a Retry is followed transparently");
+    assert_eq!(conn.remote_node_id(), server.node_id());
+    assert_eq!(server.metrics().incoming_retried, 1);
+    for s in stalled {
+        assert!(s.await.unwrap(), "stalled handshakes must fail");
+    }
+}
