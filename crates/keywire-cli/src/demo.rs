@@ -73,15 +73,7 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
         async move {
             let conn = alice.accept().await.context("alice's endpoint closed")?;
             let (mut send, mut recv) = conn.accept_bi().await?;
-            let receive = async {
-                let mut hasher = blake3::Hasher::new();
-                let mut total = 0u64;
-                while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-                    hasher.update(&chunk.bytes);
-                    total += chunk.bytes.len() as u64;
-                }
-                anyhow::Ok((total, hasher.finalize()))
-            };
+            let receive = read_hashed(&mut recv);
             let reply = async {
                 let digest = write_pattern(&mut send, bytes, 0xa1).await?;
                 send.finish()?;
@@ -119,15 +111,7 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
         send.finish()?;
         anyhow::Ok(digest)
     };
-    let download = async {
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-            hasher.update(&chunk.bytes);
-            total += chunk.bytes.len() as u64;
-        }
-        anyhow::Ok((total, hasher.finalize()))
-    };
+    let download = read_hashed(&mut recv);
     let (bob_sent, (bob_got, bob_got_digest)) = tokio::try_join!(upload, download)?;
     let (seen_key, (alice_got, alice_got_digest), alice_sent) =
         tokio::time::timeout(Duration::from_secs(60), alice_side)
@@ -180,6 +164,17 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
     bob.close().await;
     alice.close().await;
     Ok(())
+}
+
+/// Reads a stream to its end; returns the byte count and their BLAKE3 digest.
+async fn read_hashed(recv: &mut keywire::quinn::RecvStream) -> anyhow::Result<(u64, blake3::Hash)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+        hasher.update(&chunk.bytes);
+        total += chunk.bytes.len() as u64;
+    }
+    Ok((total, hasher.finalize()))
 }
 
 /// Writes `len` bytes of a repeatable pattern and returns their BLAKE3 digest.

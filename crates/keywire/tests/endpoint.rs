@@ -73,17 +73,7 @@ async fn transfer_64_mib_with_checksum() {
     let client = bind(config());
     let receiver = tokio::spawn({
         let server = server.clone();
-        async move {
-            let conn = server.accept().await.unwrap();
-            let mut recv = conn.accept_uni().await.unwrap();
-            let mut hasher = blake3::Hasher::new();
-            let mut total = 0usize;
-            while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
-                hasher.update(&chunk.bytes);
-                total += chunk.bytes.len();
-            }
-            (total, hasher.finalize())
-        }
+        async move { receive_hashed(&server).await }
     });
     let conn = client.connect(&addr_of(&server), ALPN).await.unwrap();
     let mut send = conn.open_uni().await.unwrap();

@@ -46,17 +46,7 @@ async fn garbage_of_every_size_never_disturbs_a_live_connection() {
     let client = bind(config());
     let receiver = tokio::spawn({
         let server = server.clone();
-        async move {
-            let conn = server.accept().await.unwrap();
-            let mut recv = conn.accept_uni().await.unwrap();
-            let mut hasher = blake3::Hasher::new();
-            let mut total = 0;
-            while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
-                hasher.update(&chunk.bytes);
-                total += chunk.bytes.len();
-            }
-            (total, hasher.finalize())
-        }
+        async move { receive_hashed(&server).await }
     });
     let conn = client.connect(&addr_of(&server), ALPN).await.unwrap();
     let server_addr = server.local_addr().unwrap();

@@ -10,12 +10,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use keywire::bench_support::{plain_client_config, plain_connect, plain_quinn_endpoint};
 use keywire::{Connection, Endpoint, NodeAddr};
 
 use super::delay_proxy::DelayProxy;
 use super::stats::{iqr, median};
-use super::{config, emit};
+use super::{config, emit, PlainPair};
 
 const ALPN: &[u8] = b"keywire-bench/connect/1";
 const ONE_WAY: Duration = Duration::from_millis(10);
@@ -33,10 +32,7 @@ pub struct Args {
 struct Setup {
     kw_client: Endpoint,
     kw_server: Endpoint,
-    q_client: keywire::quinn::Endpoint,
-    q_server: keywire::quinn::Endpoint,
-    q_dial: keywire::quinn::ClientConfig,
-    q_node: keywire::NodeId,
+    plain: PlainPair,
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<()> {
@@ -44,7 +40,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     // Warm-up: first handshakes pay for lazy initialisation on both sides.
     for _ in 0..3 {
         once_keywire(&setup, setup.kw_server.local_addr()?).await?;
-        once_quinn(&setup, setup.q_server.local_addr()?).await?;
+        once_quinn(&setup, setup.plain.server.local_addr()?).await?;
     }
     let (ratios, kw, q) = abba(&setup, args.pairs, None).await?;
     emit(
@@ -77,13 +73,8 @@ fn setup() -> anyhow::Result<Setup> {
         echo(conn.quinn().clone()).await
     })?;
     let kw_client = Endpoint::bind(config(ALPN))?;
-    let q_server_config = config(ALPN);
-    let q_node = q_server_config.secret_key.node_id();
-    let q_server = plain_quinn_endpoint(&q_server_config)?;
-    let q_client_config = config(ALPN);
-    let q_client = plain_quinn_endpoint(&q_client_config)?;
-    let q_dial = plain_client_config(&q_client_config, ALPN)?;
-    let accepting = q_server.clone();
+    let plain = PlainPair::new(ALPN)?;
+    let accepting = plain.server.clone();
     tokio::spawn(async move {
         while let Some(incoming) = accepting.accept().await {
             tokio::spawn(async move {
@@ -96,10 +87,7 @@ fn setup() -> anyhow::Result<Setup> {
     Ok(Setup {
         kw_client,
         kw_server,
-        q_client,
-        q_server,
-        q_dial,
-        q_node,
+        plain,
     })
 }
 
@@ -127,7 +115,7 @@ async fn abba(
                 let (addr, _proxy) = target(setup.kw_server.local_addr()?, delay).await?;
                 k = once_keywire(setup, addr).await?;
             } else {
-                let (addr, _proxy) = target(setup.q_server.local_addr()?, delay).await?;
+                let (addr, _proxy) = target(setup.plain.server.local_addr()?, delay).await?;
                 p = once_quinn(setup, addr).await?;
             }
         }
@@ -163,9 +151,7 @@ async fn once_keywire(setup: &Setup, addr: SocketAddr) -> anyhow::Result<f64> {
 
 async fn once_quinn(setup: &Setup, addr: SocketAddr) -> anyhow::Result<f64> {
     let start = Instant::now();
-    let conn = plain_connect(&setup.q_client, setup.q_dial.clone(), addr, &setup.q_node)
-        .await
-        .map_err(|e| anyhow::anyhow!("plain quinn connect: {e}"))?;
+    let conn = setup.plain.connect(addr).await?;
     ping(&conn).await?;
     let elapsed = start.elapsed().as_secs_f64();
     conn.close(0u32.into(), b"");

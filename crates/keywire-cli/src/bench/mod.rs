@@ -51,3 +51,41 @@ pub fn config(alpn: &[u8]) -> keywire::EndpointConfig {
         .network(keywire::NetworkId::from_name("keywire bench"))
         .alpn(alpn.to_vec())
 }
+
+/// The plain-quinn baseline: a server and a client configured exactly like keywire endpoints
+/// (same TLS, transport settings and socket buffers), on plain UDP sockets.
+pub struct PlainPair {
+    pub server: keywire::quinn::Endpoint,
+    pub client: keywire::quinn::Endpoint,
+    dial: keywire::quinn::ClientConfig,
+    server_node: keywire::NodeId,
+}
+
+impl PlainPair {
+    pub fn new(alpn: &[u8]) -> anyhow::Result<Self> {
+        use keywire::bench_support::{plain_client_config, plain_quinn_endpoint};
+        let server_config = config(alpn);
+        let client_config = config(alpn);
+        Ok(Self {
+            server: plain_quinn_endpoint(&server_config)?,
+            client: plain_quinn_endpoint(&client_config)?,
+            dial: plain_client_config(&client_config, alpn)?,
+            server_node: server_config.secret_key.node_id(),
+        })
+    }
+
+    /// Dials the server at `addr` (its own address, or a proxy in front of it).
+    pub async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<keywire::quinn::Connection> {
+        keywire::bench_support::plain_connect(
+            &self.client,
+            self.dial.clone(),
+            addr,
+            &self.server_node,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("plain quinn connect: {e}"))
+    }
+}

@@ -11,11 +11,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use keywire::bench_support::{plain_client_config, plain_connect, plain_quinn_endpoint};
 use keywire::{Endpoint, NodeAddr};
 
 use super::stats::{iqr, median};
-use super::{config, cpu, emit};
+use super::{config, cpu, emit, PlainPair};
 
 const ALPN: &[u8] = b"keywire-bench/throughput/1";
 const CHUNK: usize = 1 << 20;
@@ -89,13 +88,8 @@ async fn measure(args: &Args) -> anyhow::Result<(Side, Side, Vec<f64>)> {
     let kw_server = Endpoint::bind(config(ALPN))?;
     let kw_client = Endpoint::bind(config(ALPN))?;
     let kw_addr = NodeAddr::new(kw_server.node_id(), [kw_server.local_addr()?]);
-    let q_server_config = config(ALPN);
-    let q_node = q_server_config.secret_key.node_id();
-    let q_server = plain_quinn_endpoint(&q_server_config)?;
-    let q_client_config = config(ALPN);
-    let q_client = plain_quinn_endpoint(&q_client_config)?;
-    let q_dial = plain_client_config(&q_client_config, ALPN)?;
-    let q_addr = q_server.local_addr()?;
+    let plain = PlainPair::new(ALPN)?;
+    let q_addr = plain.server.local_addr()?;
     let payload = Bytes::from(vec![0x5a; CHUNK]);
 
     let mut kw = Side {
@@ -118,10 +112,8 @@ async fn measure(args: &Args) -> anyhow::Result<(Side, Side, Vec<f64>)> {
                 conn.close(0u32.into(), b"");
                 sample
             } else {
-                let receiver = tokio::spawn(receive_quinn(q_server.clone()));
-                let conn = plain_connect(&q_client, q_dial.clone(), q_addr, &q_node)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("plain quinn connect: {e}"))?;
+                let receiver = tokio::spawn(receive_quinn(plain.server.clone()));
+                let conn = plain.connect(q_addr).await?;
                 let sample = timed_send(&conn, &payload, args.bytes, receiver).await?;
                 conn.close(0u32.into(), b"");
                 sample
@@ -141,8 +133,8 @@ async fn measure(args: &Args) -> anyhow::Result<(Side, Side, Vec<f64>)> {
     }
     kw_client.close().await;
     kw_server.close().await;
-    q_client.close(0u32.into(), b"");
-    q_server.close(0u32.into(), b"");
+    plain.client.close(0u32.into(), b"");
+    plain.server.close(0u32.into(), b"");
     Ok((kw, quinn, ratios))
 }
 

@@ -54,3 +54,17 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Outp
         .await
         .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
 }
+
+/// Accepts the next connection and its first unidirectional stream, and reads it to the end:
+/// returns how many bytes arrived and their BLAKE3 digest.
+pub async fn receive_hashed(endpoint: &Endpoint) -> (usize, blake3::Hash) {
+    let conn = endpoint.accept().await.expect("a connection");
+    let mut recv = conn.accept_uni().await.expect("a stream");
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0;
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await.expect("stream data") {
+        hasher.update(&chunk.bytes);
+        total += chunk.bytes.len();
+    }
+    (total, hasher.finalize())
+}
