@@ -36,6 +36,7 @@ struct Setup {
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.pairs >= 1, "--pairs must be at least 1");
     let setup = setup()?;
     // Warm-up: first handshakes pay for lazy initialisation on both sides.
     for _ in 0..3 {
@@ -54,14 +55,17 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     );
     let (_, kw, q) = abba(&setup, args.delayed_pairs, Some(ONE_WAY)).await?;
     let rtt = 2.0 * ONE_WAY.as_secs_f64();
-    emit(
-        "connect.round_trips.delay10ms",
-        median(&kw) / rtt,
-        "RTT",
-        Some(median(&q) / rtt),
-        serde_json::json!({ "pairs": args.delayed_pairs,
+    // `--delayed-pairs 0` skips the round-trip count.
+    if !kw.is_empty() {
+        emit(
+            "connect.round_trips.delay10ms",
+            median(&kw) / rtt,
+            "RTT",
+            Some(median(&q) / rtt),
+            serde_json::json!({ "pairs": args.delayed_pairs,
             "what": "connect() to first echoed byte, in round trips of a 20 ms RTT path" }),
-    );
+        );
+    }
     setup.kw_client.close().await;
     setup.kw_server.close().await;
     Ok(())

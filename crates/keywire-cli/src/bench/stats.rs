@@ -1,7 +1,10 @@
 //! Medians and spreads of per-pair ratios.
 
-/// The `q`-quantile (0..=1) of `values` by linear interpolation; `values` must not be empty.
+/// The `q`-quantile (0..=1) of `values` by linear interpolation; NaN for no values.
 pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     let mut sorted = values.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
@@ -29,5 +32,6 @@ mod tests {
         assert_eq!(quantile(&v, 0.25), 2.0);
         assert_eq!(iqr(&v), 2.0);
         assert_eq!(median(&[1.0, 2.0]), 1.5);
+        assert!(median(&[]).is_nan());
     }
 }
