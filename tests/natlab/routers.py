@@ -9,16 +9,17 @@ confirms an entry for an early punch packet; otherwise the router would later pi
 external port for the peer's own flow and a cone NAT would silently turn into a random-port one.
 """
 
-# XOR constant of the `snat-range` kind: a bijection on ports that moves every port (so external
-# port != local port), the same for every destination (so the mapping stays endpoint-independent).
-SNAT_PORT_XOR = 0x5A5A
+# External port range of the `snat-range` kind. Local ephemeral ports (32768-60999) lie outside it,
+# so the external port always differs from the local one; this kernel picks the port from a hash
+# of the source, so the mapping stays endpoint-independent (the probe checks both on every run).
+SNAT_PORTS = "20000-29999"
 
 KINDS = {
     # name: (description, family)
     "public": ("public host, no NAT, no firewall", 4),
     "full-cone": ("EIM + endpoint-independent filtering (dynamic map + DNAT)", 4),
     "port-restricted": ("EIM + address-and-port-dependent filtering, port-preserving (masquerade)", 4),
-    "snat-range": ("EIM without port preservation (snat, port = local port XOR 0x5a5a)", 4),
+    "snat-range": ("EIM without port preservation (snat to ports 20000-29999)", 4),
     "symmetric": ("endpoint-dependent mapping (masquerade random)", 4),
     "cgnat": ("port-restricted home router behind a port-restricted carrier-grade NAT", 4),
     "udp-blocked": ("outbound UDP dropped, TCP allowed (masquerade)", 4),
@@ -93,7 +94,7 @@ def ruleset(kind, wan_ip, lan_cidr, timeout_s):
     if kind == "symmetric":
         return _filter_table() + _nat_table(post='oifname "wan" masquerade random')
     if kind == "snat-range":
-        post = (f'oifname "wan" meta l4proto udp snat ip to {wan_ip} : udp sport ^ {SNAT_PORT_XOR:#x}\n'
+        post = (f'oifname "wan" meta l4proto udp snat ip to {wan_ip}:{SNAT_PORTS}\n'
                 '    oifname "wan" masquerade')
         return _filter_table() + _nat_table(post=post)
     if kind == "full-cone":
