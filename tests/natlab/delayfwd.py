@@ -12,6 +12,7 @@ exits after --max-seconds, when its parent dies, or on SIGTERM (writing its coun
 """
 
 import argparse
+import collections
 import fcntl
 import heapq
 import json
@@ -66,10 +67,14 @@ def main():
     jitter = a.jitter_ms / 1000.0
     reorder_extra = a.reorder_ms / 1000.0
     impaired = a.loss > 0 or a.dup > 0 or a.reorder > 0 or jitter > 0
-    heap = []  # (due, seq, packet)
+    # Constant delay keeps packets in arrival order: a FIFO suffices. Jitter and reordering
+    # need the heap ordered by due time.
+    fifo = not (jitter or a.reorder)
+    queue = collections.deque()  # (due, packet), FIFO mode
+    heap = []  # (due, seq, packet), heap mode
     seq = 0
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    poller = select.epoll()
+    poller.register(fd, select.EPOLLIN)
     started = time.monotonic()
     last_parent_check = started
     while not stopping:
@@ -81,16 +86,27 @@ def main():
             if os.getppid() != parent:
                 break
         # Release what is due.
-        while heap and heap[0][0] <= now:
-            _, _, pkt = heapq.heappop(heap)
-            try:
-                os.write(fd, pkt)
-                stats["out"] += 1
-            except OSError:
-                stats["tail_dropped"] += 1
-        timeout_ms = 500 if not heap else max(0.0, (heap[0][0] - now) * 1000.0)
+        if fifo:
+            while queue and queue[0][0] <= now:
+                _, pkt = queue.popleft()
+                try:
+                    os.write(fd, pkt)
+                    stats["out"] += 1
+                except OSError:
+                    stats["tail_dropped"] += 1
+            next_due = queue[0][0] if queue else None
+        else:
+            while heap and heap[0][0] <= now:
+                _, _, pkt = heapq.heappop(heap)
+                try:
+                    os.write(fd, pkt)
+                    stats["out"] += 1
+                except OSError:
+                    stats["tail_dropped"] += 1
+            next_due = heap[0][0] if heap else None
+        timeout = 0.5 if next_due is None else max(0.0, next_due - now)
         try:
-            events = poller.poll(timeout_ms)
+            events = poller.poll(timeout)
         except InterruptedError:
             continue
         if not events:
@@ -118,13 +134,17 @@ def main():
                     copies = 2
                     stats["dup"] += 1
             for _ in range(copies):
-                if len(heap) >= a.queue_limit:
+                if len(queue) + len(heap) >= a.queue_limit:
                     stats["tail_dropped"] += 1
                     continue
-                seq += 1
-                heapq.heappush(heap, (due, seq, pkt))
-            if len(heap) > stats["max_queue"]:
-                stats["max_queue"] = len(heap)
+                if fifo:
+                    queue.append((due, pkt))
+                else:
+                    seq += 1
+                    heapq.heappush(heap, (due, seq, pkt))
+        depth = len(queue) + len(heap)
+        if depth > stats["max_queue"]:
+            stats["max_queue"] = depth
     t = os.times()
     stats["cpu_s"] = round(t.user + t.system, 3)
     stats["seconds"] = round(time.monotonic() - started, 3)

@@ -188,8 +188,13 @@ def cmd_fwdbench(a):
                               "unit": "s for 20 MiB", "baseline": round(base, 3),
                               "ratio": round(med / base, 2),
                               "forwarder_cpu_s": round(statistics.median(cpu[mode]), 2) if cpu[mode] else None}))
-        lab.start_forwarder(20.0)
-    return 0
+        capacity = size / statistics.median(secs["delay-line-0ms"]) / (1 << 20)
+        demand = size / statistics.median(secs["delay-line-20ms"]) / (1 << 20)
+        ok = capacity >= 2 * demand
+        print(f"delay line carries {capacity:.1f} MiB/s at 0 ms; a 20 MiB transfer at 20 ms uses "
+              f"{demand:.1f} MiB/s: {'not a bottleneck' if ok else 'POSSIBLY A BOTTLENECK'} "
+              f"(headroom x{capacity / demand:.1f})")
+    return 0 if ok else 1
 
 
 def cmd_up(a):

@@ -332,6 +332,9 @@ class Lab:
 
     def bypass_delay_line(self, bypass):
         """Routes straight through the internet namespace (True) or through the delay line."""
+        if bypass == getattr(self, "bypassed", False):
+            return
+        self.bypassed = bypass
         op = "del" if bypass else "add"
         cmds = []
         for hi in self.inet_ifaces:
