@@ -108,11 +108,10 @@ def cmd_run(a):
     check_binary(a.binary)
     if a.scenario not in scenarios.SCENARIOS:
         raise SystemExit(f"unknown scenario {a.scenario!r}; known: {', '.join(scenarios.SCENARIOS)}")
-    sc = scenarios.SCENARIOS[a.scenario]()
+    kw = {} if a.delay_ms is None else {"delay_ms": a.delay_ms}
     if a.trials:
-        sc.trials = a.trials
-    if a.delay_ms is not None:
-        sc.delay_ms = a.delay_ms
+        kw["trials"] = a.trials
+    sc = scenarios.SCENARIOS[a.scenario](**kw)
     if a.pairs:
         wanted = set(a.pairs)
         sc.pairs = [p for p in sc.pairs if p.dialer in wanted or p.name in wanted]
