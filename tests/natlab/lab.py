@@ -122,6 +122,36 @@ def cmd_run(a):
     return 0 if ok else 1
 
 
+def self_checks(lab, binary):
+    """The lab's checks can fail: wrong expectations must be caught. Returns True if all were."""
+    import copy
+    from probe import probe_room
+    from peers import make_payload
+    from runner import Expect, Pair, run_trial
+    ok = True
+    for promised, actual in (("full-cone", "port-restricted"), ("port-restricted", "full-cone"),
+                             ("port-restricted", "symmetric"), ("no-hairpin", "hairpin"),
+                             ("ipv6-fw", "public6")):
+        room = copy.copy(lab.add_room(actual))
+        room.kind = promised
+        if promised in ("no-hairpin", "hairpin") and len(room.peers) < 2:
+            continue
+        lab.flush_state()
+        caught = not probe_room(lab, room).ok
+        ok &= caught
+        print(f"self-check: the {promised} probe {'rejects' if caught else 'DOES NOT REJECT'} "
+              f"a {actual} room", flush=True)
+    path = os.path.join(lab.tmpdir, "selfcheck.bin")
+    data = (path, 1 << 16, make_payload(path, 1 << 16))
+    t = run_trial(lab, binary, Pair("port-restricted", "public", Expect("fail", "could not reach")),
+                  data, data, lab.tmpdir)
+    caught = t.completed and not t.as_expected
+    ok &= caught
+    print(f"self-check: the runner {'flags' if caught else 'DOES NOT FLAG'} a transfer that was "
+          f"expected to fail", flush=True)
+    return ok
+
+
 def cmd_ci(a, bench=False):
     import scenarios
     from probe import probe_all
@@ -138,8 +168,10 @@ def cmd_ci(a, bench=False):
         t_probe = time.monotonic() - t0
         print(f"\nprobes: {len(results) - len(failed)}/{len(results)} router kinds behave as promised "
               f"({t_probe:.0f} s)" + (f"; FAILED: {failed}" if failed else "") + "\n", flush=True)
+        checked = self_checks(lab, a.binary)
+        print(f"self-checks: {'PASS' if checked else 'FAIL'}\n", flush=True)
         ok, _ = run_scenarios(lab, a.binary, scs, json_lines=bench)
-    ok = ok and not failed
+    ok = ok and not failed and checked
     print(f"natlab {'bench' if bench else 'ci'}: {'PASS' if ok else 'FAIL'} in "
           f"{time.monotonic() - t0:.0f} s", flush=True)
     return 0 if ok else 1
