@@ -54,19 +54,28 @@ def lossy(trials=2, delay_ms=20.0):
                     impair={"loss": 0.01, "dup": 0.01, "reorder": 0.01})
 
 
+def same_lan(trials=2, delay_ms=20.0):
+    """Two peers behind the same router (hairpin on and off): the listener's ticket carries its
+    LAN address, so the dial goes straight over the LAN (no NAT, no delay line)."""
+    return Scenario("same-lan", same_lan.__doc__,
+                    [Pair("hairpin", "hairpin"), Pair("no-hairpin", "no-hairpin")],
+                    trials=trials, delay_ms=delay_ms)
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
     "lossy": lossy,
+    "same-lan": same_lan,
 }
 
 
 def ci_scenarios():
     """The short lab CI runs."""
-    return [dial_public(trials=2), rtt(20.0, trials=2)]
+    return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2)]
 
 
 def bench_scenarios():
     """The long version (`keywire bench natlab`)."""
     return ([dial_public(trials=10)] + [rtt(d, trials=5) for d in (5.0, 20.0, 50.0)]
-            + [lossy(trials=5)])
+            + [lossy(trials=5), same_lan(trials=5)])

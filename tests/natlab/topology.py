@@ -292,9 +292,18 @@ class Lab:
     def flush_state(self):
         """Fresh NAT state: conntrack tables and learnt cone mappings of every router."""
         for r in self.routers.values():
-            ns_run(r.ns, ["conntrack", "-F"], check=False)
-            if routers.has_cone_map(r.kind):
-                ns_run(r.ns, ["nft", "flush", "map", "ip", "kwnat", "cone"], check=False)
+            self._flush_router(r)
+
+    def rebind(self, room):
+        """Forgets every NAT mapping of `room`'s routers (conntrack -F): the next packet gets a
+        new mapping, as after a NAT reboot or a mapping time-out."""
+        for r in room.routers:
+            self._flush_router(r)
+
+    def _flush_router(self, r):
+        ns_run(r.ns, ["conntrack", "-F"], check=False)
+        if routers.has_cone_map(r.kind):
+            ns_run(r.ns, ["nft", "flush", "map", "ip", "kwnat", "cone"], check=False)
 
     # -- the delay line ----------------------------------------------------------------------
     def start_forwarder(self, delay_ms=None, **impair):
