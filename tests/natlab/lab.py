@@ -90,6 +90,9 @@ def run_scenarios(lab, binary, scenarios, json_lines=False):
             key = f"{r['scenario']}.{r['pair'].replace(' -> ', '_to_')}"
             print(json.dumps({"bench": f"natlab.success.{key}", "value": r["completed"],
                               "unit": f"of {r['trials']} trials", "baseline": None, "ratio": None}))
+            print(json.dumps({"bench": f"natlab.as_expected.{key}", "value": r["as_expected"],
+                              "unit": f"of {r['trials']} trials", "expected": r["expect"],
+                              "baseline": None, "ratio": None}))
             if r["ttfb_rtt"] is not None:
                 print(json.dumps({"bench": f"natlab.ttfb.{key}", "value": round(r["ttfb_rtt"], 2),
                                   "unit": "lab RTTs", "baseline": None, "ratio": None}))

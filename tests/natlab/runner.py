@@ -186,6 +186,7 @@ def summarize(pair, trials, rtt_ms):
         "trials": len(trials),
         "connected": sum(t.connected for t in trials),
         "completed": sum(t.completed for t in trials),
+        "as_expected": sum(t.as_expected for t in trials),
         "path": ",".join(paths) or "-",
         "ttfb_rtt": None if ttfb is None else ttfb / rtt_ms,
         "direct_rtt": None if direct is None else direct / rtt_ms,
