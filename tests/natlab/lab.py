@@ -272,9 +272,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    def common(p):
+    def common(p, max_seconds=1800):
         p.add_argument("--delay-ms", type=float, default=20.0, help="one-way delay of the lab internet")
         p.add_argument("--binary", default=os.environ.get("KEYWIRE_BIN", DEFAULT_BINARY))
+        p.add_argument("--max-seconds", type=int, default=max_seconds,
+                       help="overall time limit; the run cleans up and fails after it")
 
     p = sub.add_parser("probe")
     common(p)
@@ -290,11 +292,11 @@ def main(argv=None):
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("ci", help="probes + the short scenario table")
-    common(p)
+    common(p, max_seconds=900)
     p.set_defaults(fn=cmd_ci)
 
     p = sub.add_parser("bench", help="probes + the long scenario tables, JSON figures")
-    common(p)
+    common(p, max_seconds=3600)
     p.set_defaults(fn=lambda a: cmd_ci(a, bench=True))
 
     p = sub.add_parser("fwdbench", help="does the delay line bottleneck 20 MiB?")
@@ -306,7 +308,7 @@ def main(argv=None):
     p.set_defaults(fn=cmd_list)
 
     p = sub.add_parser("up")
-    common(p)
+    common(p, max_seconds=0)  # bounded by --seconds
     p.add_argument("kinds", nargs="*", metavar="KIND")
     p.add_argument("--seconds", type=float, default=3600)
     p.set_defaults(fn=cmd_up)
@@ -323,6 +325,9 @@ def main(argv=None):
     p.set_defaults(fn=cmd_reap)
 
     a = ap.parse_args(argv)
+    if getattr(a, "max_seconds", None) and a.cmd != "reap":
+        import signal
+        signal.alarm(int(a.max_seconds))
     return a.fn(a)
 
 

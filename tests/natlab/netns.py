@@ -181,7 +181,8 @@ class Registry:
         self.procs = []
         self.cleaned = False
         self.reaper = None
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # SIGALRM: the run's overall time limit (lab.py --max-seconds) ends it like a SIGTERM.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
             signal.signal(sig, self._on_signal)
         import atexit
         atexit.register(self.cleanup)

@@ -21,7 +21,7 @@ import sys
 
 import netns
 import routers
-from netns import ip_batch, log, nft, ns_run, sysctl
+from netns import ip_batch, nft, ns_run, sysctl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TUN = "kwtun"
