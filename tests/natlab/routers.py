@@ -10,8 +10,9 @@ external port for the peer's own flow and a cone NAT would silently turn into a 
 """
 
 # External port range of the `snat-range` kind. Local ephemeral ports (32768-60999) lie outside it,
-# so the external port always differs from the local one; this kernel picks the port from a hash
-# of the source, so the mapping stays endpoint-independent (the probe checks both on every run).
+# so the external port always differs from the local one. On these kernels the port chosen for a
+# local socket was the same towards every destination (endpoint-independent mapping); the probe
+# checks both on every run.
 SNAT_PORTS = "20000-29999"
 
 KINDS = {
