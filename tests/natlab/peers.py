@@ -1,0 +1,126 @@
+"""Running the real `keywire` binary in lab namespaces and reading what it reports.
+
+A `KeywireProc` starts `keywire --json ...` in a namespace (recorded for cleanup, dies with the
+runner), feeds stdin from a file, hashes stdout (and notes when its first byte arrived), and
+collects the JSON events of stderr with the runner's receive time.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+
+
+class KeywireProc:
+    def __init__(self, lab, binary, host, args, keyfile, network, stdin_path=None, label=""):
+        self.label = label or host.name
+        self.events = []  # (monotonic time received, dict)
+        self.text = []  # stderr lines that are not JSON
+        self.out_bytes = 0
+        self.out_hash = hashlib.sha256()
+        self.first_byte_t = None
+        self.last_byte_t = None
+        self._cv = threading.Condition()
+        self.lab = lab
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        self.t_spawn = time.monotonic()
+        self.proc = lab.reg.spawn(
+            host.ns, [binary, "--key", keyfile, "--network", network, "--json"] + list(args),
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if stdin_path:
+            stdin.close()
+        self._threads = [threading.Thread(target=self._read_out, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_out(self):
+        f = self.proc.stdout
+        while True:
+            chunk = f.read1(1 << 16)
+            if not chunk:
+                break
+            now = time.monotonic()
+            if self.first_byte_t is None:
+                self.first_byte_t = now
+            self.last_byte_t = now
+            self.out_bytes += len(chunk)
+            self.out_hash.update(chunk)
+
+    def _read_err(self):
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            now = time.monotonic()
+            try:
+                ev = json.loads(line)
+                if not isinstance(ev, dict):
+                    raise ValueError
+            except ValueError:
+                ev = None
+            with self._cv:
+                if ev is not None:
+                    self.events.append((now, ev))
+                else:
+                    self.text.append(line)
+                self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def wait_event(self, name, timeout):
+        """The first event named `name` (waiting up to `timeout` s), or None."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for t, ev in self.events:
+                    if ev.get("event") == name:
+                        return ev
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._threads[1].is_alive()):
+                    return None
+                self._cv.wait(min(left, 0.2))
+
+    def event(self, name):
+        for t, ev in self.events:
+            if ev.get("event") == name:
+                return t, ev
+        return None, None
+
+    def wait(self, timeout):
+        """Exit code, or None if still running after `timeout` s (then it is stopped)."""
+        try:
+            rc = self.proc.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            self.lab.reg.stop(self.proc)
+            rc = None
+        for t in self._threads:
+            t.join(timeout=5)
+        return rc
+
+    def stop(self):
+        self.lab.reg.stop(self.proc)
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def error_text(self):
+        """What the process said about a failure (JSON error events and plain lines)."""
+        parts = [ev.get("error", "") for _, ev in self.events if ev.get("event") == "error"]
+        return " | ".join([p for p in parts if p] + self.text)[-2000:]
+
+
+def bind_addr(ip, port):
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def make_payload(path, size, seed=None):
+    """Writes `size` random bytes to `path`; returns their sha256 hex digest."""
+    h = hashlib.sha256()
+    left = size
+    with open(path, "wb") as f:
+        while left > 0:
+            chunk = os.urandom(min(left, 1 << 20))
+            f.write(chunk)
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()

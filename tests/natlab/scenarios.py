@@ -1,0 +1,81 @@
+"""Scenarios: which pairs run, what each must do, how much data, which delays.
+
+Later issues add scenarios here (gates, dialer x listener matrices): a scenario is a function
+returning `Scenario` objects, registered in SCENARIOS.
+"""
+
+from dataclasses import dataclass, field
+
+import routers
+from runner import Expect, Pair
+
+MIB = 1 << 20
+UDP_BLOCKED_ERROR = "could not reach"  # until the TCP relay issue lands
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    pairs: list
+    payload_bytes: int = 20 * MIB
+    reply_bytes: int = 64 << 10
+    delay_ms: float = 20.0
+    trials: int = 2
+    impair: dict = field(default_factory=dict)
+
+
+def dial_public(trials=2, delay_ms=20.0):
+    """A peer behind each router kind dials a public peer by ticket and streams 20 MiB."""
+    pairs = []
+    for kind in routers.KINDS:
+        if kind == "udp-blocked":
+            pairs.append(Pair(kind, "public", Expect("fail", UDP_BLOCKED_ERROR)))
+        else:
+            pairs.append(Pair(kind, "public"))
+    return Scenario("dial-public", dial_public.__doc__, pairs, trials=trials, delay_ms=delay_ms)
+
+
+def rtt(delay_ms=20.0, trials=2):
+    """Two public peers; keywire's reported RTT must match the delay line (2 x one-way delay)."""
+    lab_rtt = 2 * delay_ms
+    window = (0.95 * lab_rtt, lab_rtt + max(10.0, 0.3 * lab_rtt))
+    return Scenario(f"rtt-{delay_ms:g}ms", rtt.__doc__,
+                    [Pair("public", "public", Expect("transfer", rtt_ms_range=window))],
+                    payload_bytes=256 << 10, delay_ms=delay_ms, trials=trials)
+
+
+def lossy(trials=2, delay_ms=20.0):
+    """A peer behind a port-restricted NAT streams 4 MiB to a public peer over a path with 1%
+    loss, 1% duplication and 1% reordering (1% loss caps any congestion-controlled flow near
+    MSS/RTT x 1.22/sqrt(p), about 0.4 MiB/s at 40 ms: hence the smaller payload)."""
+    return Scenario("lossy", lossy.__doc__, [Pair("port-restricted", "public")], trials=trials,
+                    payload_bytes=4 * MIB, delay_ms=delay_ms,
+                    impair={"loss": 0.01, "dup": 0.01, "reorder": 0.01})
+
+
+def same_lan(trials=2, delay_ms=20.0):
+    """Two peers behind the same router (hairpin on and off): the listener's ticket carries its
+    LAN address, so the dial goes straight over the LAN (no NAT, no delay line)."""
+    return Scenario("same-lan", same_lan.__doc__,
+                    [Pair("hairpin", "hairpin"), Pair("no-hairpin", "no-hairpin")],
+                    trials=trials, delay_ms=delay_ms)
+
+
+SCENARIOS = {
+    "dial-public": dial_public,
+    "rtt": rtt,
+    "lossy": lossy,
+    "same-lan": same_lan,
+}
+
+
+def ci_scenarios():
+    """The short lab CI runs."""
+    return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2)]
+
+
+def bench_scenarios():
+    """The long version (`keywire bench natlab`)."""
+    return ([dial_public(trials=10)] + [rtt(d, trials=5) for d in (5.0, 20.0, 50.0)]
+            + [lossy(trials=5), same_lan(trials=5)])
