@@ -4,6 +4,7 @@
 mod connect;
 mod cpu;
 mod delay_proxy;
+mod natlab;
 mod stats;
 mod throughput;
 
@@ -23,12 +24,15 @@ enum Bench {
     /// Time from connect() to the first echoed byte against plain quinn (ABBA), and round trips
     /// counted through an in-process delaying proxy.
     Connect(connect::Args),
+    /// The long NAT-lab run: every router kind, many trials, delays and loss (needs root).
+    Natlab(natlab::Args),
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.bench {
         Bench::Throughput(a) => throughput::run(a).await,
         Bench::Connect(a) => connect::run(a).await,
+        Bench::Natlab(a) => natlab::run(a).await,
     }
 }
 
