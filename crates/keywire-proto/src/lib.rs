@@ -8,10 +8,12 @@
 
 pub mod checked_text;
 pub mod datagram;
+pub mod gate;
 pub mod gro;
 pub mod identity;
 pub mod network_id;
 pub mod ticket;
+pub mod wire;
 
 pub use identity::{NodeId, NodeIdError, SecretKey};
 pub use network_id::{NetworkId, NetworkProof, Role};

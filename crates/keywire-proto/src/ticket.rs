@@ -16,11 +16,12 @@
 //! names no reachable place, and dialing it would reach whatever happens to listen locally.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use crate::checked_text::{self, CheckedTextError};
 use crate::identity::{NodeId, NodeIdError};
+use crate::wire::{put_addr, Reader, WireError};
 
 const TICKET_PREFIX: &str = "kwt";
 const VERSION_1: u8 = 1;
@@ -126,17 +127,7 @@ impl Ticket {
         out.extend_from_slice(self.node.node_id.as_bytes());
         out.push(self.node.direct_addrs.len() as u8);
         for addr in &self.node.direct_addrs {
-            match addr.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
-            out.extend_from_slice(&addr.port().to_be_bytes());
+            put_addr(&mut out, addr);
         }
         out
     }
@@ -155,15 +146,9 @@ impl Ticket {
         }
         let mut addrs = Vec::with_capacity(count);
         for _ in 0..count {
-            let ip = match input.u8()? {
-                4 => IpAddr::V4(Ipv4Addr::from(input.array::<4>()?)),
-                6 => IpAddr::V6(Ipv6Addr::from(input.array::<16>()?)),
-                _ => return Err(TicketError::Malformed("unknown address family")),
-            };
-            let port = u16::from_be_bytes(input.array::<2>()?);
-            addrs.push(SocketAddr::new(ip, port));
+            addrs.push(input.addr()?);
         }
-        if !input.0.is_empty() {
+        if !input.is_empty() {
             return Err(TicketError::Malformed("trailing bytes"));
         }
         let node = NodeAddr::new(node_id, addrs);
@@ -171,22 +156,12 @@ impl Ticket {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn u8(&mut self) -> Result<u8, TicketError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], TicketError> {
-        if self.0.len() < N {
-            return Err(TicketError::Malformed("ended early"));
+impl From<WireError> for TicketError {
+    fn from(error: WireError) -> Self {
+        match error {
+            WireError::UnknownAddressFamily(_) => Self::Malformed("unknown address family"),
+            _ => Self::Malformed("ended early"),
         }
-        let (head, rest) = self.0.split_at(N);
-        self.0 = rest;
-        let mut out = [0u8; N];
-        out.copy_from_slice(head);
-        Ok(out)
     }
 }
 
@@ -209,6 +184,7 @@ mod tests {
     use super::*;
     use crate::SecretKey;
     use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn node() -> NodeId {
         SecretKey::from_seed([9; 32]).node_id()
