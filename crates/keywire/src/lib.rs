@@ -30,6 +30,7 @@ mod connection;
 mod dial;
 mod endpoint;
 mod error;
+pub mod gate;
 mod handshake;
 pub mod key_file;
 mod metrics;

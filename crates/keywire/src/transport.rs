@@ -14,6 +14,8 @@ use crate::socket::paths::PathSwitch;
 pub const MAX_UDP_PAYLOAD: u16 = 1452 - RELAY_HEADER_ROOM;
 /// Room kept for the relay header (gates and relays, see docs/socket.md).
 pub const RELAY_HEADER_ROOM: u16 = 16;
+// The relay frame's header must fit in the room kept for it.
+const _: () = assert!(keywire_proto::gate::frame::RELAY_HEADER_LEN as u16 <= RELAY_HEADER_ROOM);
 
 #[derive(Debug, Clone)]
 pub(crate) struct TransportSettings {

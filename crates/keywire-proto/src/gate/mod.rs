@@ -9,6 +9,7 @@
 
 pub mod frame;
 pub mod message;
+pub mod observe;
 
 /// ALPN of the connection a client registers over.
 pub const GATE_ALPN: &[u8] = b"keywire/gate/1";

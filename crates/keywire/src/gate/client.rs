@@ -1,0 +1,286 @@
+//! Registering with a gate and asking it for introductions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keywire_proto::gate::message::{
+    GateMessage, MessageError, RefusalCode, GATE_PROTOCOL_VERSION, MAX_MESSAGE_LEN,
+};
+use keywire_proto::gate::GATE_ALPN;
+use keywire_proto::{NodeAddr, NodeId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{ConnectError, Connection, Endpoint};
+
+/// How long a gate may take to answer a registration or an introduction.
+const GATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Introductions others asked for, waiting for [`GateClient::next_introduction`]; more are
+/// dropped (the asking side times out and may ask again).
+const INTRODUCTION_QUEUE: usize = 16;
+
+/// Why talking to a gate failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateError {
+    /// The gate could not be reached.
+    #[error("cannot reach the gate: {0}")]
+    Connect(#[from] ConnectError),
+    /// The gate refused this client.
+    #[error("the gate refused us: {}", describe(.code))]
+    Refused {
+        /// Why.
+        code: RefusalCode,
+        /// When the gate suggests trying again.
+        retry_after: Duration,
+    },
+    /// The peer asked for is not registered with this gate.
+    #[error("{0} is not a client of this gate")]
+    NoSuchPeer(NodeId),
+    /// The gate sent something keywire does not accept.
+    #[error("gate protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("the gate did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The connection to the gate is gone.
+    #[error("the connection to the gate closed")]
+    Closed,
+}
+
+fn describe(code: &RefusalCode) -> String {
+    match code {
+        RefusalCode::GateFull => "GateFull (it serves as many clients as it may)".into(),
+        RefusalCode::RateLimited => "RateLimited (too many registrations; wait)".into(),
+        RefusalCode::NotAllowed => "NotAllowed (this key is not on its allowlist)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An introduction: a relay channel to `peer`, and the peer's candidate addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introduction {
+    /// The relay channel the gate set up for the pair.
+    pub channel: u32,
+    /// The other client.
+    pub peer: NodeId,
+    /// Its candidates: what it announced, then its address as the gate sees it.
+    pub candidates: Vec<SocketAddr>,
+}
+
+type Pending = Arc<Mutex<HashMap<NodeId, oneshot::Sender<Result<Introduction, GateError>>>>>;
+
+/// A registration with a gate, alive as long as this value (and its connection).
+pub struct GateClient {
+    conn: Connection,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    introductions: tokio::sync::Mutex<mpsc::Receiver<Introduction>>,
+    session: u64,
+    observed: SocketAddr,
+    observation_addr: SocketAddr,
+    relay_bytes_per_second: u32,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GateClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.conn.close(0u32.into(), b"leaving the gate");
+    }
+}
+
+impl std::fmt::Debug for GateClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateClient")
+            .field("gate", &self.conn.remote_node_id())
+            .field("observed", &self.observed)
+            .finish()
+    }
+}
+
+impl GateClient {
+    /// Connects to `gate` and registers.
+    pub async fn register(endpoint: &Endpoint, gate: &NodeAddr) -> Result<Self, GateError> {
+        let conn = endpoint.connect(gate, GATE_ALPN).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| GateError::Closed)?;
+        write_message(
+            &mut send,
+            &GateMessage::Register {
+                version: GATE_PROTOCOL_VERSION,
+            },
+        )
+        .await?;
+        let answer = tokio::time::timeout(GATE_ANSWER_TIMEOUT, read_message(&mut recv))
+            .await
+            .map_err(|_| GateError::TimedOut(GATE_ANSWER_TIMEOUT))??;
+        let (session, observed, port, rate) = match answer {
+            GateMessage::Registered {
+                session,
+                observed,
+                observation_port,
+                relay_bytes_per_second,
+            } => (session, observed, observation_port, relay_bytes_per_second),
+            GateMessage::Refused {
+                code,
+                retry_after_ms,
+            } => {
+                return Err(GateError::Refused {
+                    code,
+                    retry_after: Duration::from_millis(retry_after_ms.into()),
+                })
+            }
+            other => {
+                return Err(GateError::Protocol(format!(
+                    "expected Registered, got {other:?}"
+                )))
+            }
+        };
+        let pending: Pending = Arc::default();
+        let (queue, introductions) = mpsc::channel(INTRODUCTION_QUEUE);
+        let reader = tokio::spawn(read_answers(recv, pending.clone(), queue));
+        Ok(Self {
+            observation_addr: SocketAddr::new(conn.remote_address().ip(), port),
+            conn,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            introductions: tokio::sync::Mutex::new(introductions),
+            session,
+            observed,
+            relay_bytes_per_second: rate,
+            reader,
+        })
+    }
+
+    /// The session id relay frames must carry.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// This client's address as the gate's main port saw it (its reflexive address).
+    pub fn observed_addr(&self) -> SocketAddr {
+        self.observed
+    }
+
+    /// The gate's second (observation) port.
+    pub fn observation_addr(&self) -> SocketAddr {
+        self.observation_addr
+    }
+
+    /// The gate's main address (where relay frames go).
+    pub fn gate_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Bytes per second this client may relay.
+    pub fn relay_bytes_per_second(&self) -> u32 {
+        self.relay_bytes_per_second
+    }
+
+    /// Asks the gate to introduce this client to `peer` (another of its clients), passing on
+    /// `candidates`; returns the relay channel and the peer's candidates.
+    pub async fn introduce(
+        &self,
+        peer: NodeId,
+        candidates: Vec<SocketAddr>,
+    ) -> Result<Introduction, GateError> {
+        let (answer, wait) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, answer);
+        write_message(
+            &mut *self.send.lock().await,
+            &GateMessage::Introduce { peer, candidates },
+        )
+        .await?;
+        match tokio::time::timeout(GATE_ANSWER_TIMEOUT, wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(GateError::Closed),
+            Err(_) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&peer);
+                Err(GateError::TimedOut(GATE_ANSWER_TIMEOUT))
+            }
+        }
+    }
+
+    /// The next introduction another client asked for; `None` once the gate is gone.
+    pub async fn next_introduction(&self) -> Option<Introduction> {
+        self.introductions.lock().await.recv().await
+    }
+}
+
+async fn read_answers(
+    mut recv: quinn::RecvStream,
+    pending: Pending,
+    queue: mpsc::Sender<Introduction>,
+) {
+    while let Ok(message) = read_message(&mut recv).await {
+        let take = |peer: &NodeId| {
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(peer)
+        };
+        match message {
+            GateMessage::Introduction {
+                channel,
+                peer,
+                candidates,
+            } => {
+                let introduction = Introduction {
+                    channel,
+                    peer,
+                    candidates,
+                };
+                match take(&peer) {
+                    Some(waiting) => {
+                        let _ = waiting.send(Ok(introduction));
+                    }
+                    None => {
+                        let _ = queue.try_send(introduction);
+                    }
+                }
+            }
+            GateMessage::NoSuchPeer { peer } => {
+                if let Some(waiting) = take(&peer) {
+                    let _ = waiting.send(Err(GateError::NoSuchPeer(peer)));
+                }
+            }
+            _ => break,
+        }
+    }
+}
+
+/// Reads one framed gate message.
+pub(crate) async fn read_message(recv: &mut quinn::RecvStream) -> Result<GateMessage, GateError> {
+    let mut buf = [0u8; 2 + MAX_MESSAGE_LEN];
+    recv.read_exact(&mut buf[..2])
+        .await
+        .map_err(|_| GateError::Closed)?;
+    let total = GateMessage::framed_len(&buf[..2])
+        .map_err(protocol)?
+        .ok_or_else(|| GateError::Protocol("short length prefix".into()))?;
+    recv.read_exact(&mut buf[2..total])
+        .await
+        .map_err(|_| GateError::Closed)?;
+    GateMessage::decode(&buf[..total]).map_err(protocol)
+}
+
+/// Writes one framed gate message.
+pub(crate) async fn write_message(
+    send: &mut quinn::SendStream,
+    message: &GateMessage,
+) -> Result<(), GateError> {
+    let mut out = Vec::with_capacity(64);
+    message.encode(&mut out);
+    send.write_all(&out).await.map_err(|_| GateError::Closed)
+}
+
+fn protocol(error: MessageError) -> GateError {
+    GateError::Protocol(error.to_string())
+}
