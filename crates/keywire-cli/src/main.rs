@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod gate;
 mod node;
 mod output;
 mod pipe;
@@ -48,6 +49,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks: keywire against its baseline in the same run, one JSON line per result.
     Bench(bench::BenchArgs),
+    /// Run a gate: observe clients' addresses, introduce them, relay for them.
+    Gate(gate::GateArgs),
     /// Show what a ticket contains.
     Ticket {
         /// The ticket (kwt1...).
@@ -92,6 +95,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&opts, args).await,
         Command::Ticket { ticket } => node::print_ticket(&opts, ticket),
         Command::Bench(args) => bench::run(args).await,
+        Command::Gate(args) => gate::run(&opts, args).await,
     }
 }
 

@@ -67,6 +67,13 @@ macro_rules! gate_counters {
                 GateMetrics { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
         }
+
+        impl GateMetrics {
+            /// Every counter as `(name, value)`, in a stable order (for printing and JSON).
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
     };
 }
 
