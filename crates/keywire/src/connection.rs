@@ -6,7 +6,29 @@ use std::sync::Arc;
 
 use keywire_proto::NodeId;
 
-use crate::socket::paths::PathTable;
+use crate::socket::paths::{PathTable, Route};
+
+/// How a connection's packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Path {
+    /// Straight to the peer at this address.
+    Direct(SocketAddr),
+    /// Relayed by the gate at this address.
+    Relayed {
+        /// The gate.
+        gate: SocketAddr,
+    },
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(addr) => write!(f, "direct to {addr}"),
+            Self::Relayed { gate } => write!(f, "relayed via gate {gate}"),
+        }
+    }
+}
 
 /// An authenticated connection to a peer.
 ///
@@ -43,6 +65,16 @@ impl Connection {
     pub fn remote_address(&self) -> SocketAddr {
         let virtual_addr = self.inner.remote_address();
         self.paths.real_for(&virtual_addr).unwrap_or(virtual_addr)
+    }
+
+    /// How packets travel right now: directly, or relayed through a gate.
+    pub fn path(&self) -> Path {
+        match self.paths.route_of(&self.inner.remote_address()) {
+            Some(Route::Relayed { gate, .. }) => Path::Relayed { gate },
+            Some(Route::Direct(addr)) => Path::Direct(addr),
+            // The path was evicted: only possible once the connection is long dead.
+            None => Path::Direct(self.inner.remote_address()),
+        }
     }
 
     /// The stable virtual address quinn uses for this peer.

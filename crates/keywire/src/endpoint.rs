@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use crate::accept::AcceptDriver;
 use crate::config::EndpointConfig;
 use crate::error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
+use crate::gate::GateClient;
 use crate::handshake::{self};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::router::{ProtocolHandler, Router};
-use crate::socket::paths::PathTable;
+use crate::socket::paths::{PathTable, Route};
 use crate::socket::{ControlChannel, KeywireSocket};
 use crate::tls::{self, PeerPolicy};
 use crate::transport::TransportSettings;
@@ -259,7 +260,7 @@ impl Endpoint {
                 let client_config = client_config.clone();
                 let alpn = alpn.clone();
                 async move {
-                    let attempt = this.attempt(addr, expected, client_config, alpn);
+                    let attempt = this.attempt(Route::Direct(addr), expected, client_config, alpn);
                     tokio::time::timeout(this.inner.connect_timeout, attempt)
                         .await
                         .unwrap_or(Err(AttemptFailure::TimedOut))
@@ -270,9 +271,72 @@ impl Endpoint {
         attempts.map_err(|failures| self.summarize(expected, failures))
     }
 
+    /// Connects to `node` through a gate both are registered with: the gate introduces the two
+    /// and relays their (end-to-end encrypted) packets. The connection starts relayed; see
+    /// [`Connection::path`].
+    pub async fn connect_via(
+        &self,
+        node: NodeId,
+        alpn: &[u8],
+        gate: &GateClient,
+    ) -> Result<Connection, ConnectError> {
+        Metrics::inc(&self.inner.metrics.dials);
+        let result = self.connect_via_inner(node, alpn, gate).await;
+        let counter = match &result {
+            Ok(_) => &self.inner.metrics.dials_succeeded,
+            Err(_) => &self.inner.metrics.dials_failed,
+        };
+        Metrics::inc(counter);
+        result
+    }
+
+    async fn connect_via_inner(
+        &self,
+        node: NodeId,
+        alpn: &[u8],
+        gate: &GateClient,
+    ) -> Result<Connection, ConnectError> {
+        if node == self.inner.node_id {
+            return Err(ConnectError::DialSelf);
+        }
+        if !self.inner.policy.permits(&node) {
+            return Err(ConnectError::Denied(node));
+        }
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(ConnectError::InvalidAlpn);
+        }
+        self.use_gate(gate);
+        // Our own candidates travel with the introduction, for going direct later.
+        let candidates = self.node_addr().map(|a| a.direct_addrs).unwrap_or_default();
+        let introduction = gate
+            .introduce(node, candidates)
+            .await
+            .map_err(|e| ConnectError::Gate(Box::new(e)))?;
+        let route = Route::Relayed {
+            gate: gate.gate_addr(),
+            channel: introduction.channel,
+        };
+        let attempt = self.attempt(route, node, self.client_config(alpn), alpn.to_vec());
+        tokio::time::timeout(self.inner.connect_timeout, attempt)
+            .await
+            .unwrap_or(Err(AttemptFailure::TimedOut))
+            .map_err(|failure| self.summarize(node, vec![(gate.gate_addr(), failure)]))
+    }
+
+    /// Accepts relayed connections arriving through `gate` (a registration of this endpoint);
+    /// [`Endpoint::connect_via`] does this itself.
+    pub fn use_gate(&self, gate: &GateClient) {
+        self.inner.paths.add_gate(gate.gate_addr(), gate.session());
+    }
+
+    /// Stops using `gate`: its relayed paths can no longer send.
+    pub fn forget_gate(&self, gate: &GateClient) {
+        self.inner.paths.remove_gate(&gate.gate_addr());
+    }
+
     async fn attempt(
         &self,
-        addr: SocketAddr,
+        route: Route,
         expected: NodeId,
         client_config: Arc<quinn::crypto::rustls::QuicClientConfig>,
         alpn: Vec<u8>,
@@ -281,7 +345,7 @@ impl Endpoint {
         let virtual_addr = self
             .inner
             .paths
-            .for_dial(addr, Instant::now())
+            .for_route(route, Instant::now())
             .map_err(|_| AttemptFailure::Transport("path table full".into()))?;
         let signal = self.inner.paths.switch_signal(&virtual_addr);
         let transport = self

@@ -138,6 +138,9 @@ pub enum ConnectError {
         /// What happened at each address, in the order tried.
         attempts: Vec<AttemptError>,
     },
+    /// The gate could not introduce us (not registered there, peer unknown, no answer).
+    #[error("gate: {0}")]
+    Gate(Box<crate::gate::GateError>),
     /// The endpoint was closed.
     #[error("the endpoint is closed")]
     EndpointClosed,

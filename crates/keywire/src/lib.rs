@@ -42,7 +42,7 @@ mod transport;
 mod udp;
 
 pub use config::EndpointConfig;
-pub use connection::Connection;
+pub use connection::{Connection, Path};
 pub use endpoint::Endpoint;
 pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
 pub use keywire_proto::datagram::ControlKind;

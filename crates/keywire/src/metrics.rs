@@ -75,6 +75,10 @@ counters! {
     quic_from_unknown_source,
     /// Datagrams dropped because the path table was full of active paths.
     path_table_full,
+    /// QUIC packets received through a gate's relay for one of our relayed paths.
+    relayed_received,
+    /// Relayed packets dropped because quinn had not yet taken the earlier ones.
+    relayed_inbox_full,
     /// Datagrams quinn sent to a virtual address with no path (dropped).
     send_no_path,
 }

@@ -307,3 +307,83 @@ fn frame_payload(session: u64, channel: u32, payload: &[u8]) -> Vec<u8> {
     .encode(&mut out);
     out.split_off(2) // ControlChannel::send adds the kind and version itself
 }
+
+#[tokio::test]
+async fn connections_through_the_relay_carry_streams_end_to_end() {
+    let (gate_node, gate) = gate_with(configured(|c| c.relay_bytes_per_second = 64 << 20)).await;
+    let (alice, bob) = (bind(config()), bind(config()));
+    let a = GateClient::register(&alice, &addr_of(&gate_node))
+        .await
+        .unwrap();
+    let b = GateClient::register(&bob, &addr_of(&gate_node))
+        .await
+        .unwrap();
+    bob.use_gate(&b);
+    let receiver = tokio::spawn({
+        let bob = bob.clone();
+        async move {
+            let conn = bob.accept().await.unwrap();
+            let path = conn.path();
+            let mut recv = conn.accept_uni().await.unwrap();
+            let mut hasher = blake3::Hasher::new();
+            let mut total = 0;
+            while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
+                hasher.update(&chunk.bytes);
+                total += chunk.bytes.len();
+            }
+            (conn.remote_node_id(), path, total, hasher.finalize())
+        }
+    });
+    let conn = within(
+        10,
+        "relayed connect",
+        alice.connect_via(bob.node_id(), ALPN, &a),
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.remote_node_id(), bob.node_id());
+    assert_eq!(
+        conn.path(),
+        keywire::Path::Relayed {
+            gate: a.gate_addr()
+        }
+    );
+    let mut send = conn.open_uni().await.unwrap();
+    let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 241) as u8).collect();
+    let mut expected = blake3::Hasher::new();
+    for _ in 0..4 {
+        expected.update(&block);
+        send.write_all(&block).await.unwrap();
+    }
+    send.finish().unwrap();
+    let (dialer, path, total, digest) = within(60, "relayed transfer", receiver).await.unwrap();
+    assert_eq!(dialer, alice.node_id());
+    assert_eq!(
+        path,
+        keywire::Path::Relayed {
+            gate: b.gate_addr()
+        }
+    );
+    assert_eq!((total, digest), (4 << 20, expected.finalize()));
+    let m = gate.metrics();
+    assert!(
+        m.frames_relayed > 3000 && m.bytes_relayed > 4 << 20,
+        "{m:?}"
+    );
+    assert!(bob.metrics().relayed_received > 0);
+}
+
+#[tokio::test]
+async fn relayed_dial_to_an_unknown_peer_is_a_gate_error() {
+    let (gate_node, _gate) = gate_with(GateConfig::default()).await;
+    let alice = bind(config());
+    let a = GateClient::register(&alice, &addr_of(&gate_node))
+        .await
+        .unwrap();
+    let ghost = keywire::SecretKey::generate(&mut rand::rngs::OsRng).node_id();
+    let err = alice.connect_via(ghost, ALPN, &a).await.unwrap_err();
+    assert!(
+        err.to_string().contains("is not a client of this gate"),
+        "{err}"
+    );
+}

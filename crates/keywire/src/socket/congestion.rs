@@ -166,7 +166,7 @@ mod tests {
 
         let switch_at = t0 + Duration::from_millis(20);
         let direct: SocketAddr = "198.51.100.7:9".parse().unwrap();
-        assert!(table.switch(v, direct, switch_at));
+        assert!(table.switch(v, crate::socket::paths::Route::Direct(direct), switch_at));
         // The first callback after the switch starts afresh.
         cc.on_sent(switch_at + Duration::from_millis(1), 1200, 1);
         assert_eq!(cc.window(), initial, "window reset on path switch");

@@ -57,7 +57,7 @@ impl ControlChannel {
 #[derive(Debug)]
 pub(crate) struct ControlRouter {
     queues: RwLock<HashMap<ControlKind, mpsc::Sender<ControlDatagram>>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl ControlRouter {
@@ -82,7 +82,7 @@ impl ControlRouter {
         rx
     }
 
-    fn deliver(&self, from: SocketAddr, datagram: &[u8]) {
+    pub(super) fn deliver(&self, from: SocketAddr, datagram: &[u8]) {
         let packet = match ControlPacket::decode(datagram) {
             Ok(packet) => packet,
             Err(ControlError::UnknownKind(_)) => {
@@ -105,22 +105,28 @@ impl ControlRouter {
     }
 }
 
-/// Adapter from the batch sorter to the router, for one source address.
+/// Adapter from the batch sorter to the socket, for one source address: relay frames may carry
+/// QUIC for one of our relayed paths; other control packets go to their protocol.
 pub(super) struct Sink<'a> {
-    pub(super) router: &'a ControlRouter,
+    pub(super) socket: &'a super::KeywireSocket,
     pub(super) from: SocketAddr,
-    pub(super) metrics: &'a Metrics,
+    pub(super) now: std::time::Instant,
 }
 
 impl SegmentSink for Sink<'_> {
     fn control(&mut self, packet: &[u8]) {
-        self.router.deliver(self.from, packet);
+        if packet.first() == Some(&ControlKind::Relay.to_byte()) {
+            self.socket.relay_frame(self.from, packet, self.now);
+        } else {
+            self.socket.control.deliver(self.from, packet);
+        }
     }
 
     fn dropped(&mut self, class: DatagramClass) {
+        let metrics = &self.socket.control.metrics;
         match class {
-            DatagramClass::Stun => Metrics::inc(&self.metrics.stun_ignored),
-            _ => Metrics::inc(&self.metrics.control_malformed),
+            DatagramClass::Stun => Metrics::inc(&metrics.stun_ignored),
+            _ => Metrics::inc(&metrics.control_malformed),
         }
     }
 }

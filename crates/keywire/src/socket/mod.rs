@@ -21,7 +21,10 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 
 pub(crate) use control::ControlRouter;
 pub use control::{ControlChannel, ControlDatagram};
-use paths::{PathTable, Refusal};
+use keywire_proto::gate::frame::{RelayFrame, RELAY_HEADER_LEN};
+use paths::{PathTable, Refusal, Route};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use crate::metrics::Metrics;
 
@@ -32,8 +35,14 @@ pub(crate) struct KeywireSocket {
     ipv6: bool,
     pub(crate) paths: Arc<PathTable>,
     pub(crate) control: ControlRouter,
+    /// QUIC packets unwrapped from relay frames, waiting to be handed to quinn under their
+    /// path's virtual address. Bounded; when full, frames are dropped and counted.
+    relayed: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     metrics: Arc<Metrics>,
 }
+
+/// Relayed packets waiting for quinn; a burst beyond this is dropped like a full socket buffer.
+const RELAYED_INBOX: usize = 1024;
 
 impl fmt::Debug for KeywireSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,6 +66,7 @@ impl KeywireSocket {
             ipv6,
             paths,
             control: ControlRouter::new(metrics.clone()),
+            relayed: Mutex::default(),
             metrics,
         })
     }
@@ -144,10 +154,17 @@ impl AsyncUdpSocket for KeywireSocket {
                 .all(|segment| segment.first().is_some_and(|b| b & 0xC0 != 0)),
             "quinn sent a packet with the QUIC bit clear; greasing must stay off"
         );
-        let Some(real) = self.paths.real_for(&transmit.destination) else {
-            // No path (evicted, or never known): drop and count, never block quinn on it.
-            Metrics::inc(&self.metrics.send_no_path);
-            return Ok(());
+        let real = match self.paths.route_for(&transmit.destination) {
+            Some((Route::Direct(real), _)) => real,
+            Some((Route::Relayed { gate, channel }, Some(session))) => {
+                return self.send_relayed(transmit, gate, session, channel);
+            }
+            // No path (evicted, never known, or its gate gone): drop and count, never block
+            // quinn on it.
+            _ => {
+                Metrics::inc(&self.metrics.send_no_path);
+                return Ok(());
+            }
         };
         let transmit = Transmit {
             destination: self.socket_destination(real),
@@ -166,11 +183,17 @@ impl AsyncUdpSocket for KeywireSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // Relayed packets unwrapped during an earlier batch go first.
+        let waiting = self.drain_relayed(bufs, meta, 0);
+        if waiting > 0 {
+            return Poll::Ready(Ok(waiting));
+        }
         loop {
             let received = ready!(self.inner.poll_recv(cx, bufs, meta))?;
             let kept = self.sort_batch(bufs, meta, received);
-            if kept > 0 {
-                return Poll::Ready(Ok(kept));
+            let total = self.drain_relayed(bufs, meta, kept);
+            if total > 0 {
+                return Poll::Ready(Ok(total));
             }
             // Nothing for quinn in this batch: read on (the inner socket re-arms its waker when
             // it runs dry).
@@ -216,9 +239,9 @@ impl KeywireSocket {
             let entry = meta[i];
             let real = canonical_addr(entry.addr);
             let mut sink = control::Sink {
-                router: &self.control,
+                socket: self,
                 from: real,
-                metrics: &self.metrics,
+                now,
             };
             let len = gro::keep_quic(&mut bufs[i], entry.len, entry.stride, &mut sink);
             if len == 0 {
@@ -229,7 +252,7 @@ impl KeywireSocket {
                 .for_source(real, opens_path(&bufs[i][..len]), now)
             {
                 Ok(v) => v,
-                Err(Refusal::NotInitial) => {
+                Err(Refusal::NotInitial | Refusal::NotOurGate) => {
                     Metrics::inc(&self.metrics.quic_from_unknown_source);
                     continue;
                 }
@@ -257,6 +280,98 @@ impl KeywireSocket {
             kept += 1;
         }
         kept
+    }
+
+    /// Handles a relay frame from `from`: a QUIC packet for one of our relayed paths is queued
+    /// for quinn; anything else goes to the control router (e.g. a gate's relay loop).
+    pub(crate) fn relay_frame(&self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        let Ok(frame) = RelayFrame::decode(datagram) else {
+            return self.control.deliver(from, datagram);
+        };
+        let initial = opens_path(frame.payload);
+        match self
+            .paths
+            .for_relayed(from, frame.session, frame.channel, initial, now)
+        {
+            Ok(virtual_addr) => {
+                let mut inbox = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+                if inbox.len() < RELAYED_INBOX {
+                    inbox.push_back((virtual_addr, frame.payload.to_vec()));
+                    Metrics::inc(&self.metrics.relayed_received);
+                } else {
+                    Metrics::inc(&self.metrics.relayed_inbox_full);
+                }
+            }
+            // A frame from one of our gates on an unknown channel that cannot open a path.
+            Err(Refusal::NotInitial | Refusal::Full) => {
+                Metrics::inc(&self.metrics.quic_from_unknown_source)
+            }
+            // Not one of our gates: maybe we are the gate.
+            Err(Refusal::NotOurGate) => self.control.deliver(from, datagram),
+        }
+    }
+
+    /// Moves waiting relayed packets into the free entries after `used`; returns the new count.
+    fn drain_relayed(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+        used: usize,
+    ) -> usize {
+        let mut inbox = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = used;
+        while used < meta.len().min(bufs.len()) {
+            let Some((virtual_addr, packet)) = inbox.pop_front() else {
+                break;
+            };
+            if packet.len() > bufs[used].len() {
+                continue;
+            }
+            bufs[used][..packet.len()].copy_from_slice(&packet);
+            meta[used] = RecvMeta {
+                addr: virtual_addr,
+                len: packet.len(),
+                stride: packet.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            used += 1;
+        }
+        used
+    }
+
+    /// Wraps each packet of `transmit` in a relay frame and sends them to the gate, as one GSO
+    /// batch when quinn sent one.
+    fn send_relayed(
+        &self,
+        transmit: &Transmit,
+        gate: SocketAddr,
+        session: u64,
+        channel: u32,
+    ) -> io::Result<()> {
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let mut out = Vec::with_capacity(
+            transmit.contents.len() + RELAY_HEADER_LEN * transmit.contents.len().div_ceil(segment),
+        );
+        for payload in transmit.contents.chunks(segment) {
+            RelayFrame {
+                session,
+                channel,
+                payload,
+            }
+            .encode(&mut out);
+        }
+        let wrapped = Transmit {
+            destination: self.socket_destination(gate),
+            ecn: transmit.ecn,
+            contents: &out,
+            segment_size: transmit.segment_size.map(|s| s + RELAY_HEADER_LEN),
+            src_ip: None,
+        };
+        self.inner.try_send(&wrapped)
     }
 }
 

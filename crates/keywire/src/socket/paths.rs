@@ -45,9 +45,33 @@ impl PathSwitch {
     }
 }
 
+/// How datagrams for a virtual address travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Route {
+    /// Straight to the peer's address.
+    Direct(SocketAddr),
+    /// Wrapped in relay frames of `channel`, through the gate at `gate`.
+    Relayed {
+        /// The gate's address.
+        gate: SocketAddr,
+        /// The channel the gate set up for this pair.
+        channel: u32,
+    },
+}
+
+impl Route {
+    /// The address datagrams actually go to.
+    pub(crate) fn next_hop(&self) -> SocketAddr {
+        match self {
+            Self::Direct(addr) => *addr,
+            Self::Relayed { gate, .. } => *gate,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Path {
-    real: SocketAddr,
+    route: Route,
     node: Option<NodeId>,
     switch: Arc<PathSwitch>,
     last_active: Instant,
@@ -56,8 +80,10 @@ struct Path {
 #[derive(Debug, Default)]
 struct Tables {
     by_virtual: HashMap<SocketAddr, Path>,
-    by_real: HashMap<SocketAddr, SocketAddr>,
+    by_route: HashMap<Route, SocketAddr>,
     by_node: HashMap<NodeId, SocketAddr>,
+    /// Our session at each gate we are registered with.
+    gates: HashMap<SocketAddr, u64>,
     next_id: u64,
 }
 
@@ -68,6 +94,8 @@ pub(crate) enum Refusal {
     NotInitial,
     /// The table is full of active paths.
     Full,
+    /// A relay frame from an address that is not one of our gates, or with another session.
+    NotOurGate,
 }
 
 #[derive(Debug)]
@@ -97,10 +125,16 @@ impl PathTable {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The virtual address for dialing `real` (an existing one if `real` is known).
+    /// The virtual address for dialing `real` directly (an existing one if `real` is known).
+    #[cfg(test)]
     pub(crate) fn for_dial(&self, real: SocketAddr, now: Instant) -> Result<SocketAddr, Refusal> {
+        self.for_route(Route::Direct(real), now)
+    }
+
+    /// The virtual address for dialing over `route`.
+    pub(crate) fn for_route(&self, route: Route, now: Instant) -> Result<SocketAddr, Refusal> {
         let mut t = self.lock();
-        self.lookup_or_insert(&mut t, real, now)
+        self.lookup_or_insert(&mut t, route, now)
     }
 
     /// The virtual address for a datagram from `real`; a new one only for an Initial packet.
@@ -110,8 +144,33 @@ impl PathTable {
         initial: bool,
         now: Instant,
     ) -> Result<SocketAddr, Refusal> {
+        self.for_arrival(Route::Direct(real), initial, now)
+    }
+
+    /// The virtual address for a relay frame of `channel` from `gate` carrying `session`: only
+    /// from a gate we registered with, with our session there; a new path only for an Initial.
+    pub(crate) fn for_relayed(
+        &self,
+        gate: SocketAddr,
+        session: u64,
+        channel: u32,
+        initial: bool,
+        now: Instant,
+    ) -> Result<SocketAddr, Refusal> {
+        if self.lock().gates.get(&gate) != Some(&session) {
+            return Err(Refusal::NotOurGate);
+        }
+        self.for_arrival(Route::Relayed { gate, channel }, initial, now)
+    }
+
+    fn for_arrival(
+        &self,
+        route: Route,
+        initial: bool,
+        now: Instant,
+    ) -> Result<SocketAddr, Refusal> {
         let mut t = self.lock();
-        if let Some(v) = t.by_real.get(&real).copied() {
+        if let Some(v) = t.by_route.get(&route).copied() {
             if let Some(path) = t.by_virtual.get_mut(&v) {
                 path.last_active = now;
             }
@@ -120,16 +179,16 @@ impl PathTable {
         if !initial {
             return Err(Refusal::NotInitial);
         }
-        self.lookup_or_insert(&mut t, real, now)
+        self.lookup_or_insert(&mut t, route, now)
     }
 
     fn lookup_or_insert(
         &self,
         t: &mut Tables,
-        real: SocketAddr,
+        route: Route,
         now: Instant,
     ) -> Result<SocketAddr, Refusal> {
-        if let Some(v) = t.by_real.get(&real).copied() {
+        if let Some(v) = t.by_route.get(&route).copied() {
             return Ok(v);
         }
         if t.by_virtual.len() >= self.capacity && !self.evict_stale(t, now) {
@@ -152,13 +211,13 @@ impl PathTable {
         t.by_virtual.insert(
             v,
             Path {
-                real,
+                route,
                 node: None,
                 switch: Arc::default(),
                 last_active: now,
             },
         );
-        t.by_real.insert(real, v);
+        t.by_route.insert(route, v);
         Ok(v)
     }
 
@@ -172,7 +231,7 @@ impl PathTable {
             .map(|(v, _)| *v);
         let Some(v) = oldest else { return false };
         if let Some(path) = t.by_virtual.remove(&v) {
-            t.by_real.remove(&path.real);
+            t.by_route.remove(&path.route);
             if let Some(node) = path.node {
                 if t.by_node.get(&node) == Some(&v) {
                     t.by_node.remove(&node);
@@ -182,9 +241,38 @@ impl PathTable {
         true
     }
 
-    /// The real address to send a datagram for `virtual_addr` to.
+    /// How to send a datagram for `virtual_addr`: the route, and for a relayed route our
+    /// session at its gate.
+    pub(crate) fn route_for(&self, virtual_addr: &SocketAddr) -> Option<(Route, Option<u64>)> {
+        let t = self.lock();
+        let route = t.by_virtual.get(virtual_addr)?.route;
+        match route {
+            Route::Direct(_) => Some((route, None)),
+            Route::Relayed { gate, .. } => Some((route, Some(*t.gates.get(&gate)?))),
+        }
+    }
+
+    /// The real address datagrams for `virtual_addr` go to (the peer's, or its gate's).
     pub(crate) fn real_for(&self, virtual_addr: &SocketAddr) -> Option<SocketAddr> {
-        self.lock().by_virtual.get(virtual_addr).map(|p| p.real)
+        self.lock()
+            .by_virtual
+            .get(virtual_addr)
+            .map(|p| p.route.next_hop())
+    }
+
+    /// The current route of `virtual_addr`.
+    pub(crate) fn route_of(&self, virtual_addr: &SocketAddr) -> Option<Route> {
+        self.lock().by_virtual.get(virtual_addr).map(|p| p.route)
+    }
+
+    /// Records our session at a gate, so its relay frames are accepted.
+    pub(crate) fn add_gate(&self, gate: SocketAddr, session: u64) {
+        self.lock().gates.insert(gate, session);
+    }
+
+    /// Forgets a gate; its relayed paths can no longer send.
+    pub(crate) fn remove_gate(&self, gate: &SocketAddr) {
+        self.lock().gates.remove(gate);
     }
 
     /// Records that the handshake on `virtual_addr` proved `node`.
@@ -204,22 +292,22 @@ impl PathTable {
             .map(|p| p.switch.clone())
     }
 
-    /// Moves `virtual_addr` to a new real address (a path switch). Returns false if unknown or
-    /// if `real` already belongs to another virtual address. The relay and hole-punching layers
-    /// call it; until they land, only tests do.
+    /// Moves `virtual_addr` to a new route (a path switch). Returns false if unknown or if the
+    /// route already belongs to another virtual address. The hole-punching layer calls it; until
+    /// it lands, only tests do.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn switch(&self, virtual_addr: SocketAddr, real: SocketAddr, now: Instant) -> bool {
+    pub(crate) fn switch(&self, virtual_addr: SocketAddr, route: Route, now: Instant) -> bool {
         let mut t = self.lock();
-        if t.by_real.get(&real).is_some_and(|v| *v != virtual_addr) {
+        if t.by_route.get(&route).is_some_and(|v| *v != virtual_addr) {
             return false;
         }
         let Some(path) = t.by_virtual.get_mut(&virtual_addr) else {
             return false;
         };
-        let old = std::mem::replace(&mut path.real, real);
+        let old = std::mem::replace(&mut path.route, route);
         path.switch.record(now);
-        t.by_real.remove(&old);
-        t.by_real.insert(real, virtual_addr);
+        t.by_route.remove(&old);
+        t.by_route.insert(route, virtual_addr);
         true
     }
 
@@ -249,6 +337,41 @@ mod tests {
         assert_eq!(table.real_for(&v), Some(real(1)));
         let w = table.for_source(real(2), true, now).unwrap();
         assert_ne!(v, w);
+    }
+
+    #[test]
+    fn relay_frames_only_from_our_gates_with_our_session() {
+        let table = PathTable::new(8, Duration::from_secs(60));
+        let now = Instant::now();
+        let gate = real(7);
+        assert_eq!(
+            table.for_relayed(gate, 5, 1, true, now),
+            Err(Refusal::NotOurGate)
+        );
+        table.add_gate(gate, 5);
+        assert_eq!(
+            table.for_relayed(gate, 6, 1, true, now),
+            Err(Refusal::NotOurGate)
+        );
+        assert_eq!(
+            table.for_relayed(gate, 5, 1, false, now),
+            Err(Refusal::NotInitial)
+        );
+        let v = table.for_relayed(gate, 5, 1, true, now).unwrap();
+        assert_eq!(table.for_relayed(gate, 5, 1, false, now), Ok(v));
+        assert_eq!(
+            table.route_for(&v),
+            Some((Route::Relayed { gate, channel: 1 }, Some(5)))
+        );
+        assert_eq!(table.real_for(&v), Some(gate));
+        // Another channel through the same gate is another peer.
+        assert_ne!(table.for_relayed(gate, 5, 2, true, now).unwrap(), v);
+        table.remove_gate(&gate);
+        assert_eq!(
+            table.route_for(&v),
+            None,
+            "no session at the gate: nothing to send with"
+        );
     }
 
     #[test]
@@ -292,7 +415,7 @@ mod tests {
         let v = table.for_dial(real(1), now).unwrap();
         let signal = table.switch_signal(&v).unwrap();
         assert_eq!(signal.generation(), 0);
-        assert!(table.switch(v, real(9), now));
+        assert!(table.switch(v, Route::Direct(real(9)), now));
         assert_eq!(table.real_for(&v), Some(real(9)));
         assert_eq!(table.for_source(real(9), false, now), Ok(v));
         assert_eq!(
@@ -303,6 +426,6 @@ mod tests {
         assert_eq!(signal.switched_at(), Some(now));
         // A real address already in use elsewhere cannot be taken over.
         let w = table.for_dial(real(5), now).unwrap();
-        assert!(!table.switch(w, real(9), now));
+        assert!(!table.switch(w, Route::Direct(real(9)), now));
     }
 }
