@@ -9,6 +9,7 @@
 pub mod checked_text;
 pub mod identity;
 pub mod network_id;
+pub mod signal;
 pub mod ticket;
 
 pub use identity::{NodeId, NodeIdError, SecretKey};
