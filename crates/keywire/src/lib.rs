@@ -33,6 +33,7 @@ mod handshake;
 pub mod key_file;
 mod metrics;
 mod router;
+pub mod signal;
 mod sys;
 mod tls;
 mod udp;
