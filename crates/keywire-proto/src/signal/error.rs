@@ -26,7 +26,7 @@ pub enum RejectReason {
     /// the receiver started (which remembers nothing from earlier runs).
     #[error("timestamp outside the window")]
     Stale,
-    /// Its (source, queue, sequence) was seen before, or lies behind the queue's window.
+    /// Its (source, queue, sequence) was accepted before.
     #[error("replayed envelope")]
     Replay,
     /// The seen-id cache is full of unexpired entries: refused rather than forgetting one.

@@ -6,18 +6,33 @@ use keywire_proto::signal::{
     open, seal, AckBody, Envelope, MessageType, OpenError, RejectReason, SignalTopic,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use crate::signal::copies::CopyFilter;
 use crate::signal::link::{lock, Inbound, PublishSkip};
 use crate::signal::metrics::inc;
 use crate::signal::node::{Inner, Received};
 
+/// Fingerprints of recently acknowledged envelopes kept (about 40 bytes each).
+const COPY_FILTER_CAP: usize = 4096;
+
 pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound>) {
+    let mut copies = CopyFilter::new(COPY_FILTER_CAP);
     while let Some(inbound) = rx.recv().await {
-        handle(&inner, inbound);
+        let fp = CopyFilter::fingerprint(&inbound.bytes);
+        let now = Instant::now();
+        if copies.is_recent_copy(&fp, now) {
+            inc(&inner.counters.duplicates);
+            continue;
+        }
+        if handle(&inner, inbound) {
+            copies.acked(fp, now);
+        }
     }
 }
 
-fn handle(inner: &Inner, inbound: Inbound) {
+/// Returns whether an acknowledgement was sent.
+fn handle(inner: &Inner, inbound: Inbound) -> bool {
     let c = &inner.counters;
     let envelope = match open(&inner.key, &inbound.bytes) {
         Ok(e) => e,
@@ -29,22 +44,25 @@ fn handle(inner: &Inner, inbound: Inbound) {
                 OpenError::BadSignature => inc(&c.rejected_bad_signature),
                 _ => inc(&c.rejected_garbage),
             }
-            return;
+            return false;
         }
     };
     match envelope.kind {
-        MessageType::Ack => handle_ack(inner, &envelope, &inbound),
+        MessageType::Ack => {
+            handle_ack(inner, &envelope, &inbound);
+            false
+        }
         MessageType::Data | MessageType::Control => handle_data(inner, envelope, inbound),
     }
 }
 
-fn handle_data(inner: &Inner, envelope: Envelope, inbound: Inbound) {
+fn handle_data(inner: &Inner, envelope: Envelope, inbound: Inbound) -> bool {
     let c = &inner.counters;
     // Reserve room first: an envelope recorded as seen but never delivered would be lost, since
     // its copies and retries would then be refused as replays.
     let Ok(permit) = inner.deliver.try_reserve() else {
         inc(&c.receive_dropped_full);
-        return;
+        return false;
     };
     let verdict = lock(&inner.replay).check(&envelope, inner.clock.now());
     match verdict {
@@ -57,16 +75,22 @@ fn handle_data(inner: &Inner, envelope: Envelope, inbound: Inbound) {
                 broker: inbound.broker.clone(),
             });
             inc(&c.delivered);
-            send_ack(inner, &envelope, &inbound);
+            send_ack(inner, &envelope, &inbound)
         }
         Err(RejectReason::Replay) => {
             // A fan-out copy through another broker, a retry, or a replay: acknowledge again on
             // this broker (the sender may be listening only here), deliver nothing.
             inc(&c.rejected_replay);
-            send_ack(inner, &envelope, &inbound);
+            send_ack(inner, &envelope, &inbound)
         }
-        Err(RejectReason::Stale) => inc(&c.rejected_stale),
-        Err(_) => inc(&c.rejected_cache_full),
+        Err(RejectReason::Stale) => {
+            inc(&c.rejected_stale);
+            false
+        }
+        Err(_) => {
+            inc(&c.rejected_cache_full);
+            false
+        }
     }
 }
 
@@ -99,7 +123,7 @@ fn handle_ack(inner: &Inner, envelope: &Envelope, inbound: &Inbound) {
     }
 }
 
-fn send_ack(inner: &Inner, data: &Envelope, inbound: &Inbound) {
+fn send_ack(inner: &Inner, data: &Envelope, inbound: &Inbound) -> bool {
     let ack = Envelope {
         kind: MessageType::Ack,
         source: inner.me,
@@ -114,16 +138,25 @@ fn send_ack(inner: &Inner, data: &Envelope, inbound: &Inbound) {
         .encode(),
     };
     let Ok(sealed) = seal(&inner.key, &ack, &mut rand::rngs::OsRng) else {
-        return;
+        return false;
     };
     let Some(link) = inner.pool.existing(&inbound.broker) else {
-        return;
+        return false;
     };
     let topic = SignalTopic::new(&inner.network, &data.source).mqtt_topic();
     match link.publish(&topic, &sealed) {
-        Ok(()) => inc(&inner.counters.publishes),
-        Err(PublishSkip::RateLimited) => inc(&inner.counters.publishes_rate_limited),
-        Err(PublishSkip::QueueFull) => inc(&inner.counters.publishes_queue_full),
-        Err(PublishSkip::NotUp) => {}
+        Ok(()) => {
+            inc(&inner.counters.publishes);
+            true
+        }
+        Err(PublishSkip::RateLimited) => {
+            inc(&inner.counters.publishes_rate_limited);
+            false
+        }
+        Err(PublishSkip::QueueFull) => {
+            inc(&inner.counters.publishes_queue_full);
+            false
+        }
+        Err(PublishSkip::NotUp) => false,
     }
 }

@@ -51,7 +51,7 @@ counters! {
     acks_matched,
     /// Valid acknowledgements that matched nothing pending (late copies after the first won).
     acks_unmatched,
-    /// Fan-out copies and replays of an envelope already accepted (re-acknowledged, not delivered).
+    /// Identical copies of an envelope acknowledged moments ago, dropped before opening.
     duplicates,
     /// Refused: larger than the envelope limit.
     rejected_oversized,
@@ -63,7 +63,7 @@ counters! {
     rejected_bad_signature,
     /// Refused: timestamp outside the window or before this node started.
     rejected_stale,
-    /// Refused: sequence behind its queue's window.
+    /// Refused: already accepted (later fan-out copies, retries and replays; data is acknowledged again).
     rejected_replay,
     /// Refused: the seen-id cache was full.
     rejected_cache_full,

@@ -7,6 +7,7 @@
 
 mod clock;
 mod config;
+mod copies;
 mod health;
 mod inbound;
 mod link;

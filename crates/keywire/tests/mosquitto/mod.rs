@@ -1,0 +1,190 @@
+//! Real mosquitto brokers for the signalling tests: started on free loopback ports, killed by
+//! PID when dropped. No mocks: the tests exercise the same client code as production.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keywire::signal::{
+    AddressFamily, BrokerSpec, PoolConfig, RateCap, SignalConfig, SignalNode, SystemClock,
+};
+use keywire::{NetworkId, SecretKey};
+
+/// The mosquitto binary, or a panic that says how to get it.
+pub fn mosquitto_binary() -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let path = PathBuf::from(dir).join("mosquitto");
+        if path.exists() {
+            return path;
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let path = dir.join("mosquitto");
+            if path.exists() {
+                return path;
+            }
+        }
+    }
+    panic!(
+        "the signalling tests need a real MQTT broker: `mosquitto` was not found in /usr/sbin or \
+         PATH. Install it with `apt-get install mosquitto` (.ci/install-deps.sh does)."
+    );
+}
+
+/// A loopback port that was free a moment ago (nothing listens there afterwards).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running mosquitto process.
+pub struct Broker {
+    pub port: u16,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` and waits until it accepts connections.
+    pub fn start_on(port: u16) -> Self {
+        let config =
+            std::env::temp_dir().join(format!("kw-mosquitto-{port}-{}.conf", std::process::id()));
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 log_dest none\nmax_keepalive 120\n"
+            ),
+        )
+        .expect("write mosquitto config");
+        let mut broker = Self {
+            port,
+            child: None,
+            config,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mosquitto on port {} exited at start: {status}", self.port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto on port {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the broker (SIGKILL by PID): connections drop without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn spec(&self) -> BrokerSpec {
+        BrokerSpec::new("127.0.0.1", self.port, AddressFamily::V4)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// A pool of `live` running brokers plus `dead` ports where nothing listens.
+pub struct Pool {
+    pub brokers: Vec<Broker>,
+    pub dead: Vec<u16>,
+}
+
+impl Pool {
+    pub fn start(live: usize, dead: usize) -> Self {
+        Self {
+            brokers: (0..live).map(|_| Broker::start()).collect(),
+            dead: (0..dead).map(|_| free_port()).collect(),
+        }
+    }
+
+    pub fn config(&self) -> PoolConfig {
+        let mut pool = PoolConfig::new();
+        for b in &self.brokers {
+            pool = pool.broker("127.0.0.1", b.port);
+        }
+        for port in &self.dead {
+            pool = pool.broker("127.0.0.1", *port);
+        }
+        pool
+    }
+}
+
+/// Settings for tests: short timers so that failure scenarios take seconds, caps raised so
+/// that bulk tests are not throttled (the caps themselves are tested separately).
+pub fn test_config() -> SignalConfig {
+    let mut c = SignalConfig::default();
+    c.send_timeout = Duration::from_secs(5);
+    c.republish_interval = Duration::from_millis(300);
+    c.replace_after = Duration::from_secs(2);
+    c.backoff.initial = Duration::from_millis(100);
+    c.backoff.max = Duration::from_millis(500);
+    c.connect_timeout_secs = 1;
+    c.sender_rate = RateCap { rate: 0, burst: 1 };
+    c.broker_rate = RateCap { rate: 0, burst: 1 };
+    c.tick = Duration::from_millis(50);
+    c
+}
+
+pub fn network() -> NetworkId {
+    NetworkId::from_name("signal tests")
+}
+
+pub fn node(seed: u8, pool: PoolConfig, config: SignalConfig) -> SignalNode {
+    SignalNode::start(
+        SecretKey::from_seed([seed; 32]),
+        network(),
+        pool,
+        config,
+        Arc::new(SystemClock),
+    )
+    .expect("start signal node")
+}
+
+/// Runs `f` with a hard time limit so that a hung broker cannot hang the test run.
+pub async fn bounded<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
+}
