@@ -24,6 +24,10 @@ use crate::signal::SignalConfig;
 
 /// Requests buffered per connection inside rumqttc; publishes beyond it are skipped.
 const REQUEST_QUEUE: usize = 256;
+/// Largest incoming MQTT packet accepted. Larger than any envelope so that oversized ones
+/// reach the envelope check and are counted; a packet beyond this makes rumqttc drop the
+/// connection, which then reconnects with back-off (anyone may publish to our topic).
+const MAX_INCOMING_PACKET: usize = 64 * 1024;
 
 /// Whether a connection can carry publishes now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +84,7 @@ impl Link {
         options
             .set_keep_alive(ctx.config.keep_alive)
             .set_clean_session(true)
-            // Room for a sealed envelope plus MQTT headers; anything larger is not ours.
-            .set_max_packet_size(MAX_SEALED + 512, MAX_SEALED + 512);
+            .set_max_packet_size(MAX_INCOMING_PACKET, MAX_SEALED + 512);
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let mut net = NetworkOptions::new();
         // Signalling is latency-bound and tiny: Nagle would hold acknowledgements back.

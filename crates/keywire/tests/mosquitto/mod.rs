@@ -188,3 +188,87 @@ pub async fn bounded<F: std::future::Future>(limit: Duration, f: F) -> F::Output
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
 }
+
+/// A plain MQTT client outside keywire: watches a topic and publishes arbitrary bytes, as an
+/// eavesdropper or attacker with access to a broker would.
+pub struct RawClient {
+    client: rumqttc::AsyncClient,
+    received: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawClient {
+    /// Connects to the broker on `port`, subscribed to `topic`; returns once subscribed.
+    pub async fn connect(port: u16, topic: &str) -> Self {
+        let id = format!("raw-{:016x}", rand::random::<u64>());
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+        client
+            .subscribe(topic, rumqttc::QoS::AtMostOnce)
+            .await
+            .expect("queue subscribe");
+        let (tx, received) = tokio::sync::mpsc::channel(1024);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                        if let Some(r) = ready_tx.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                        let _ = tx.try_send(p.payload.to_vec());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), ready_rx)
+            .await
+            .expect("raw client subscribed in time")
+            .expect("raw client task alive");
+        Self {
+            client,
+            received,
+            task,
+        }
+    }
+
+    /// The next message seen on the topic.
+    pub async fn next(&mut self) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(5), self.received.recv())
+            .await
+            .expect("a message on the watched topic")
+            .expect("raw client alive")
+    }
+
+    pub async fn publish(&self, topic: &str, bytes: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtMostOnce, false, bytes)
+            .await
+            .expect("queue publish");
+    }
+}
+
+impl Drop for RawClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The MQTT topic `node` listens on in the test network.
+pub fn topic_of(node: &keywire::NodeId) -> String {
+    keywire::proto::signal::SignalTopic::new(&network(), node).mqtt_topic()
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
