@@ -2,10 +2,12 @@
 //!
 //! Thin by design: argument parsing and output here, everything else in the `keywire` library.
 
+mod bench_signal;
 mod demo;
 mod node;
 mod output;
 mod pipe;
+mod signal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,11 +47,23 @@ enum Command {
     /// Start two nodes on this machine, connect them by key and exchange data; needs nothing
     /// installed and no network.
     Demo(demo::DemoArgs),
+    /// Signalling by key over a pool of MQTT brokers.
+    #[command(subcommand)]
+    Signal(signal::SignalCommand),
+    /// Benchmarks: keywire against its baseline in the same run, one JSON object per result.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Show what a ticket contains.
     Ticket {
         /// The ticket (kwt1...).
         ticket: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Send-to-ACK latency and throughput through a local mosquitto pool.
+    Signal(bench_signal::BenchSignalArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +102,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Connect(args) => pipe::connect(&opts, args).await,
         Command::Demo(args) => demo::run(&opts, args).await,
         Command::Ticket { ticket } => node::print_ticket(&opts, ticket),
+        Command::Signal(command) => signal::run(&opts, command).await,
+        Command::Bench(BenchCommand::Signal(args)) => bench_signal::run(args).await,
     }
 }
 

@@ -60,6 +60,20 @@ impl PoolConfig {
         self
     }
 
+    /// An opt-in pool of well-known public test brokers (plain MQTT on port 1883, anonymous).
+    ///
+    /// Never used unless asked for. Their operators see the connecting IP addresses, the
+    /// topics (a hash of network id and node key: on the public network anyone who knows a
+    /// key can compute it, so a broker can tell when a known key is being signalled), the
+    /// sizes and the timing of envelopes; never their contents, senders or payloads. They make
+    /// no promise of availability and rate-limit or ban noisy clients. See
+    /// `docs/mqtt-signalling.md`.
+    pub fn public() -> Self {
+        PUBLIC_BROKERS
+            .iter()
+            .fold(Self::new(), |pool, host| pool.broker(host, 1883))
+    }
+
     /// The brokers.
     pub fn brokers(&self) -> &[BrokerSpec] {
         &self.brokers
@@ -124,6 +138,15 @@ impl PoolConfig {
         Ok(pool)
     }
 }
+
+/// The public pool: operators that advertise a free public broker for testing (as listed on
+/// their own sites in 2025). Unverified from the CI machines, which have no internet access.
+const PUBLIC_BROKERS: &[&str] = &[
+    "broker.emqx.io",
+    "broker.hivemq.com",
+    "test.mosquitto.org",
+    "mqtt.eclipseprojects.io",
+];
 
 fn split_host_port(item: &str) -> Option<(&str, u16)> {
     if let Some(rest) = item.strip_prefix('[') {
