@@ -191,6 +191,11 @@ impl SignalNode {
         self.inner.pool.link_count()
     }
 
+    /// Every broker connection as (broker, carries the own subscription, up now).
+    pub fn connections(&self) -> Vec<(BrokerId, bool, bool)> {
+        self.inner.pool.connections()
+    }
+
     async fn send_kind(
         &self,
         dest: NodeId,

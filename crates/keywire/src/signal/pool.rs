@@ -95,7 +95,12 @@ impl BrokerPool {
         for family in self.families() {
             let mut taken = 0;
             for spec in rank(&self.specs, topic, family) {
-                if !usable(spec) || primary.iter().any(|p| p.id() == spec.id()) {
+                if !usable(spec) {
+                    continue;
+                }
+                if primary.iter().any(|p| p.id() == spec.id()) {
+                    // Already there as a hint: it still counts as one of the top k.
+                    taken += 1;
                     continue;
                 }
                 if taken < k {
@@ -183,6 +188,19 @@ impl BrokerPool {
             })
             .collect();
         out.sort_by_key(|(s, _)| s.id());
+        out
+    }
+
+    pub(crate) fn connections(&self) -> Vec<(BrokerId, bool, bool)> {
+        let links = lock(&self.links);
+        let mut out: Vec<_> = links
+            .iter()
+            .map(|(id, l)| {
+                let up = l.state() == crate::signal::link::LinkState::Up;
+                (id.clone(), l.is_pinned(), up)
+            })
+            .collect();
+        out.sort();
         out
     }
 
