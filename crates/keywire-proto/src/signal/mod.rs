@@ -24,7 +24,7 @@ pub use error::{OpenError, RejectReason};
 pub use rate::TokenBucket;
 pub use rendezvous::{AddressFamily, BrokerId, BrokerSpec, MAX_WEIGHT};
 pub use replay::{ReplayConfig, ReplayGuard};
-pub use seal::{open, seal, seal_raw, SealError};
+pub use seal::{open, seal, seal_raw, Opener, SealError};
 pub use topic::SignalTopic;
 
 /// Wire version of the envelope (outer and inner), bumped on any layout change.

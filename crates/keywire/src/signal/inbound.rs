@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use keywire_proto::signal::{
-    open, seal, AckBody, Envelope, MessageType, OpenError, RejectReason, SignalTopic,
+    seal, AckBody, Envelope, MessageType, OpenError, RejectReason, SignalTopic,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound>) {
 /// Returns whether an acknowledgement was sent.
 fn handle(inner: &Inner, inbound: Inbound) -> bool {
     let c = &inner.counters;
-    let envelope = match open(&inner.key, &inbound.bytes) {
+    let envelope = match inner.opener.open(&inbound.bytes) {
         Ok(e) => e,
         Err(e) => {
             tracing::debug!(broker = %inbound.broker, error = %e, "envelope refused");

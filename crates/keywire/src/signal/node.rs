@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keywire_proto::signal::{
-    seal, BrokerId, BrokerSpec, Envelope, MessageType, QueueId, ReplayGuard, SignalTopic,
+    seal, BrokerId, BrokerSpec, Envelope, MessageType, Opener, QueueId, ReplayGuard, SignalTopic,
     TokenBucket, UnixMillis, MAX_PAYLOAD,
 };
 use keywire_proto::{NetworkId, NodeId, SecretKey};
@@ -54,6 +54,7 @@ type Pending = Mutex<HashMap<u64, (NodeId, oneshot::Sender<BrokerId>)>>;
 
 pub(crate) struct Inner {
     pub(crate) key: SecretKey,
+    pub(crate) opener: Opener,
     pub(crate) me: NodeId,
     pub(crate) network: NetworkId,
     pub(crate) clock: Arc<dyn WallClock>,
@@ -118,6 +119,7 @@ impl SignalNode {
             sender_bucket: Mutex::new(TokenBucket::new(rate.rate, rate.burst, now.into_std())),
             deliver: deliver_tx,
             config,
+            opener: Opener::new(&key),
             key,
         });
         inner.pool.maintain(now);

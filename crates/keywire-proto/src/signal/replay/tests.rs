@@ -38,7 +38,10 @@ fn duplicates_and_reordering() {
     // and ids seen long ago (5, 3) are still refused.
     assert_eq!(g.check(&env(1, 7, 1000, T0), now), Ok(()));
     assert_eq!(g.check(&env(1, 7, 1000 - 127, T0), now), Ok(()));
-    assert_eq!(g.check(&env(1, 7, 1000 - 127, T0), now), Err(RejectReason::Replay));
+    assert_eq!(
+        g.check(&env(1, 7, 1000 - 127, T0), now),
+        Err(RejectReason::Replay)
+    );
     assert_eq!(g.check(&env(1, 7, 200, T0), now), Ok(()));
     assert_eq!(g.check(&env(1, 7, 200, T0), now), Err(RejectReason::Replay));
     assert_eq!(g.check(&env(1, 7, 5, T0), now), Err(RejectReason::Replay));
