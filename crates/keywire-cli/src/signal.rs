@@ -13,11 +13,11 @@ use crate::output;
 
 #[derive(clap::Args, Debug)]
 pub struct PoolArgs {
-    /// Brokers, comma-separated host:port (IPv6 as [addr]:port). Both peers must share at
+    /// Brokers, comma-separated host:port (IPv6 addresses in brackets). Both peers must share at
     /// least the pool (or pass hints).
     #[arg(long, value_name = "LIST", required_unless_present_any = ["pool", "public"])]
     brokers: Option<String>,
-    /// A pool file (TOML, [[broker]] entries with host, port, family, weight).
+    /// A pool file (TOML: one "broker" table per broker, with host, port, family, weight).
     #[arg(long, value_name = "PATH")]
     pool: Option<PathBuf>,
     /// Use the public test brokers (opt-in: their operators see addresses, topics, sizes and

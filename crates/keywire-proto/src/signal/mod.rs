@@ -2,7 +2,7 @@
 //!
 //! Two peers that know each other's [`NodeId`](crate::NodeId) exchange small signed, encrypted
 //! envelopes through ordinary MQTT 3.1.1 brokers. Nothing here talks to a broker: this module
-//! holds the envelope codec and its sealing ([`envelope`], [`seal`]), the topic a node listens on
+//! holds the envelope codec and its sealing ([`envelope`], [`seal`](mod@seal)), the topic a node listens on
 //! ([`topic`]), the weighted rendezvous ranking that makes both ends pick the same brokers
 //! ([`rendezvous`]), replay protection ([`replay`]) and the per-broker back-off and publish rate
 //! caps ([`backoff`], [`rate`]). The async shell in the `keywire` crate drives them.
