@@ -152,3 +152,34 @@ async fn hint_brokers_reach_a_peer_outside_the_senders_pool() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn families_are_picked_separately() {
+    // Two IPv4 brokers and one IPv6 broker: k = min(3, brokers of the family) per family, so
+    // each node subscribes at all three, and the IPv6 broker alone carries traffic once the
+    // IPv4 ones are gone.
+    let mut v4 = [mosquitto::Broker::start(), mosquitto::Broker::start()];
+    let v6 = mosquitto::Broker::start_v6();
+    let pool = v4
+        .iter()
+        .chain(std::iter::once(&v6))
+        .fold(keywire::signal::PoolConfig::new(), |p, b| p.with(b.spec()));
+    bounded(Duration::from_secs(30), async {
+        let a = node(91, pool.clone(), test_config());
+        let b = node(92, pool.clone(), test_config());
+        assert_eq!(b.wait_subscribed(3, Duration::from_secs(5)).await, 3);
+        assert_eq!(a.wait_subscribed(3, Duration::from_secs(5)).await, 3);
+        let families: HashSet<_> = b.own_brokers().iter().map(|(s, _)| s.family).collect();
+        assert_eq!(families.len(), 2);
+        for broker in &mut v4 {
+            broker.kill();
+        }
+        for i in 0..3u8 {
+            let report = a.send(b.node_id(), &[i]).await.unwrap();
+            assert!(report.acked, "{report:?}");
+            assert_eq!(report.via.unwrap().as_str(), format!("[::1]:{}", v6.port));
+            assert_eq!(b.recv().await.unwrap().payload, [i]);
+        }
+    })
+    .await;
+}

@@ -44,6 +44,8 @@ pub fn free_port() -> u16 {
 /// A running mosquitto process.
 pub struct Broker {
     pub port: u16,
+    /// "127.0.0.1" or "::1".
+    pub host: &'static str,
     child: Option<Child>,
     config: PathBuf,
 }
@@ -54,20 +56,33 @@ impl Broker {
         Self::start_on(free_port())
     }
 
+    /// Starts a broker on a free IPv6 loopback port.
+    pub fn start_v6() -> Self {
+        let l = TcpListener::bind("[::1]:0").expect("bind an IPv6 loopback port");
+        let port = l.local_addr().expect("local addr").port();
+        drop(l);
+        Self::start_at("::1", port)
+    }
+
     /// Starts a broker on `port` and waits until it accepts connections.
     pub fn start_on(port: u16) -> Self {
+        Self::start_at("127.0.0.1", port)
+    }
+
+    fn start_at(host: &'static str, port: u16) -> Self {
         let config =
             std::env::temp_dir().join(format!("kw-mosquitto-{port}-{}.conf", std::process::id()));
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} {host}\nallow_anonymous true\npersistence false\n\
                  log_dest none\nmax_keepalive 120\n"
             ),
         )
         .expect("write mosquitto config");
         let mut broker = Self {
             port,
+            host,
             child: None,
             config,
         };
@@ -86,7 +101,7 @@ impl Broker {
             .expect("spawn mosquitto");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect((self.host, self.port)).is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("mosquitto on port {} exited at start: {status}", self.port);
             }
@@ -114,7 +129,12 @@ impl Broker {
     }
 
     pub fn spec(&self) -> BrokerSpec {
-        BrokerSpec::new("127.0.0.1", self.port, AddressFamily::V4)
+        let family = if self.host.contains(':') {
+            AddressFamily::V6
+        } else {
+            AddressFamily::V4
+        };
+        BrokerSpec::new(self.host, self.port, family)
     }
 }
 
