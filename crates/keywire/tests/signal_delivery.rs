@@ -136,6 +136,7 @@ async fn hint_brokers_reach_a_peer_outside_the_senders_pool() {
         assert_eq!(b.wait_subscribed(2, Duration::from_secs(5)).await, 2);
         let mut config = test_config();
         config.send_timeout = Duration::from_millis(800);
+        config.hint_expiry = Duration::from_secs(1);
         let a = node(21, sender_pool.config(), config);
         // Without hints the pools share no broker: the send cannot be acknowledged.
         let report = a.send(b.node_id(), b"lost").await.unwrap();
@@ -147,8 +148,11 @@ async fn hint_brokers_reach_a_peer_outside_the_senders_pool() {
         let report = a.send(b.node_id(), b"found").await.unwrap();
         assert!(report.acked, "{report:?}");
         assert_eq!(b.recv().await.unwrap().payload, b"found");
-        // And b can answer: acknowledgements travel back over the broker the message came in on.
         assert_eq!(b.metrics().delivered, 1);
+        // The cached hints expire (`hint_expiry`, 1 s here): then the pools no longer meet.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let report = a.send(b.node_id(), b"expired").await.unwrap();
+        assert!(!report.acked, "hints outlived their expiry: {report:?}");
     })
     .await;
 }
