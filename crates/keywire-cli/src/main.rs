@@ -3,11 +3,13 @@
 //! Thin by design: argument parsing and output here, everything else in the `keywire` library.
 
 mod bench;
+mod bench_signal;
 mod demo;
 mod gate;
 mod node;
 mod output;
 mod pipe;
+mod signal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a gate: observe clients' addresses, introduce them, relay for them.
     Gate(gate::GateArgs),
+    /// Signalling by key over a pool of MQTT brokers.
+    #[command(subcommand)]
+    Signal(signal::SignalCommand),
     /// Show what a ticket contains.
     Ticket {
         /// The ticket (kwt1...).
@@ -96,6 +101,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Ticket { ticket } => node::print_ticket(&opts, ticket),
         Command::Bench(args) => bench::run(args).await,
         Command::Gate(args) => gate::run(&opts, args).await,
+        Command::Signal(command) => signal::run(&opts, command).await,
     }
 }
 

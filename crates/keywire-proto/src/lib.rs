@@ -12,6 +12,7 @@ pub mod gate;
 pub mod gro;
 pub mod identity;
 pub mod network_id;
+pub mod signal;
 pub mod ticket;
 pub mod wire;
 

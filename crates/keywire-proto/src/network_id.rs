@@ -56,6 +56,11 @@ impl NetworkId {
         Self(bytes)
     }
 
+    /// The raw id, for keyed derivations inside this crate (never for display or the wire).
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The proof that `role` sends, given the session's exported keying material.
     pub fn proof(&self, role: Role, exported: &[u8; EXPORTER_LEN]) -> NetworkProof {
         let mut mac = blake3::Hasher::new_keyed(&self.0);

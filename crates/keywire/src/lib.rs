@@ -35,6 +35,7 @@ mod handshake;
 pub mod key_file;
 mod metrics;
 mod router;
+pub mod signal;
 mod socket;
 mod sys;
 mod tls;

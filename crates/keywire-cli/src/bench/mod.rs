@@ -26,6 +26,8 @@ enum Bench {
     Connect(connect::Args),
     /// The long NAT-lab run: every router kind, many trials, delays and loss (needs root).
     Natlab(natlab::Args),
+    /// Signalling send-to-ACK latency and throughput through a local mosquitto pool.
+    Signal(crate::bench_signal::BenchSignalArgs),
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -33,6 +35,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Throughput(a) => throughput::run(a).await,
         Bench::Connect(a) => connect::run(a).await,
         Bench::Natlab(a) => natlab::run(a).await,
+        Bench::Signal(a) => crate::bench_signal::run(a).await,
     }
 }
 
