@@ -57,7 +57,8 @@ mod tests {
         let text = topic.mqtt_topic();
         assert_eq!(text.len(), 44);
         assert!(text.starts_with("kw1/"));
-        // Pinned so that builds agree on where a node listens.
+        // Pinned so that builds agree on where a node listens; checked against Python's
+        // `blake3` and `cryptography` (ed25519) packages.
         assert_eq!(text, "kw1/d2e0a168378851383fa2fcd2fe76663f43d5c9a9");
         let other_net = SignalTopic::new(&NetworkId::from_name("other"), &node);
         assert_ne!(other_net, topic);
