@@ -10,6 +10,7 @@ pub mod checked_text;
 pub mod datagram;
 pub mod gro;
 pub mod identity;
+pub mod kad;
 pub mod network_id;
 pub mod ticket;
 
