@@ -14,10 +14,14 @@ use crate::identity::NodeId;
 /// Candidates a lookup remembers; the farthest are dropped beyond this (only the k closest
 /// matter, the rest is slack for failures).
 pub const MAX_CANDIDATES: usize = 3 * K;
-/// A record lookup stops once this many answers carried a valid record, and returns the
-/// freshest of them: one stale holder cannot hide a newer record, and waiting for all k costs
-/// rounds for nothing.
+/// A record lookup stops once this many answers carried a valid record and one of them came
+/// from among the [`RECORD_NEAREST`] closest live candidates known, and returns the freshest
+/// record seen. Waiting for all k costs rounds for nothing; stopping at the first record
+/// returns stale copies: an owner republishes to the k closest nodes of the moment, while
+/// nodes that were closest at an earlier publication keep the older copy until it expires.
 pub const RECORD_QUORUM: u32 = 2;
+/// See [`RECORD_QUORUM`].
+pub const RECORD_NEAREST: usize = 3;
 
 /// What a lookup is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,7 @@ struct Candidate {
     distance: Distance,
     state: State,
     round: u32,
+    had_record: bool,
 }
 
 /// One lookup's state.
@@ -56,6 +61,8 @@ pub struct Lookup {
     records_seen: u32,
     /// Requests sent so far.
     pub messages: u32,
+    last_round: u32,
+    needed: usize,
 }
 
 impl Lookup {
@@ -68,9 +75,18 @@ impl Lookup {
             best_record: None,
             records_seen: 0,
             messages: 0,
+            last_round: 0,
+            needed: K,
         };
         lookup.add(seeds, 1, own);
         lookup
+    }
+
+    /// Only the `needed` closest must answer (default k). A bucket refresh needs a few
+    /// contacts in the bucket's range, not the k closest to a random id.
+    pub fn with_needed(mut self, needed: usize) -> Self {
+        self.needed = needed.clamp(1, K);
+        self
     }
 
     fn add(&mut self, contacts: Vec<Contact>, round: u32, own: NodeId) {
@@ -95,6 +111,7 @@ impl Lookup {
                     distance,
                     state: State::Waiting,
                     round,
+                    had_record: false,
                 },
             );
             self.candidates.truncate(MAX_CANDIDATES);
@@ -102,7 +119,7 @@ impl Lookup {
     }
 
     /// Contacts to ask now so that at most `alpha` requests are in flight. Only candidates
-    /// among the k closest not known to have failed are asked.
+    /// among the `needed` (default k) closest not known to have failed are asked.
     pub fn next_requests(&mut self, alpha: usize) -> Vec<(Contact, u32)> {
         let mut in_flight = self
             .candidates
@@ -112,7 +129,7 @@ impl Lookup {
         let mut out = Vec::new();
         let mut rank = 0;
         for c in self.candidates.iter_mut() {
-            if in_flight >= alpha || rank >= K {
+            if in_flight >= alpha || rank >= self.needed {
                 break;
             }
             if c.state == State::Failed {
@@ -149,7 +166,9 @@ impl Lookup {
             return;
         }
         c.state = State::Answered;
+        c.had_record = record.is_some();
         let round = c.round;
+        self.last_round = self.last_round.max(round);
         if let Some(record) = record {
             self.records_seen += 1;
             let fresher = self
@@ -175,14 +194,22 @@ impl Lookup {
     /// Whether the lookup is done: a record quorum reached, or every one of the k closest
     /// live candidates has answered.
     pub fn is_finished(&self) -> bool {
-        if matches!(self.goal, LookupGoal::Record(_)) && self.records_seen >= RECORD_QUORUM {
+        if matches!(self.goal, LookupGoal::Record(_))
+            && self.records_seen >= RECORD_QUORUM
+            && self
+                .candidates
+                .iter()
+                .filter(|c| c.state != State::Failed)
+                .take(RECORD_NEAREST)
+                .any(|c| c.had_record)
+        {
             return true;
         }
         !self
             .candidates
             .iter()
             .filter(|c| c.state != State::Failed)
-            .take(K)
+            .take(self.needed)
             .any(|c| matches!(c.state, State::Waiting | State::InFlight))
     }
 
@@ -201,18 +228,11 @@ impl Lookup {
         self.best_record.as_ref()
     }
 
-    /// Sequential rounds used: for a record found, the round that delivered it; otherwise the
-    /// deepest round that was answered.
+    /// Sequential rounds used until now: the deepest round answered (a lookup returns when
+    /// its last needed answer arrives, so this is its latency in round trips, ignoring
+    /// timeouts).
     pub fn rounds(&self) -> u32 {
-        if let Some((_, round)) = &self.best_record {
-            return *round;
-        }
-        self.candidates
-            .iter()
-            .filter(|c| c.state == State::Answered)
-            .map(|c| c.round)
-            .max()
-            .unwrap_or(0)
+        self.last_round
     }
 }
 

@@ -290,7 +290,7 @@ pub struct KadNode {
     pub(super) cookies: CookieJar,
     pub(super) limiter: SourceLimiter,
     pub(super) forward_budget: TokenBucket,
-    pub(super) peer_cookies: BTreeMap<SocketAddr, Cookie>,
+    pub(super) peer_cookies: BTreeMap<SocketAddr, (Cookie, Timestamp)>,
     peer_cookie_order: VecDeque<SocketAddr>,
     pub(super) recent_peers: VecDeque<SocketAddr>,
     pub(super) pending: BTreeMap<u64, Pending>,
@@ -407,6 +407,11 @@ impl KadNode {
         }
     }
 
+    /// The record we hold for `key` (as a storing node), if any and not expired.
+    pub fn held_record(&self, now: Timestamp, key: &NodeId) -> Option<&AddressRecord> {
+        self.records.get(now, key)
+    }
+
     /// Routing-table contacts, for saving across restarts (give them to
     /// [`Self::bootstrap`] on the next start).
     pub fn contacts(&self) -> Vec<Contact> {
@@ -466,10 +471,14 @@ impl KadNode {
             current: None,
             republish_at: now,
         });
+        if !self.joined {
+            // Stored once the join lookup has found our neighbourhood.
+            return Ok(0);
+        }
         self.republish(now)
     }
 
-    fn republish(&mut self, now: Timestamp) -> Result<u64, KadError> {
+    pub(super) fn republish(&mut self, now: Timestamp) -> Result<u64, KadError> {
         let Some(own) = &self.own_record else {
             return Ok(0);
         };

@@ -10,6 +10,7 @@ use super::{
     Transmit, MAX_EVENTS, MAX_LOOKUPS, MAX_PEER_COOKIES, MAX_PENDING, MAX_TRANSMITS,
 };
 use crate::kad::id::KadId;
+use crate::kad::limits::COOKIE_EPOCH;
 use crate::kad::lookup::{Lookup, LookupGoal};
 use crate::kad::routing::{Contact, InsertOutcome};
 use crate::kad::rpc::{Cookie, Message, Rpc, MAX_REPLY_CONTACTS};
@@ -110,10 +111,11 @@ impl KadNode {
         self.next_lookup += 1;
         self.table.mark_refreshed(&target, now);
         let seeds = self.table.closest(&target, K);
-        self.lookups.insert(
-            id,
-            (Lookup::new(target, goal, seeds, self.node_id), purpose),
-        );
+        let mut lookup = Lookup::new(target, goal, seeds, self.node_id);
+        if matches!(purpose, Purpose::Maintenance) {
+            lookup = lookup.with_needed(self.config.alpha);
+        }
+        self.lookups.insert(id, (lookup, purpose));
         self.drive_lookup(now, id);
         Ok(())
     }
@@ -163,6 +165,9 @@ impl KadNode {
                 self.joined = true;
                 let contacts = self.table.len();
                 self.push_event(KadEvent::Bootstrapped { contacts });
+                if self.own_record.is_some() {
+                    let _ = self.republish(now);
+                }
             }
             Purpose::StoreRecord(record) => {
                 let op = self.next_lookup;
@@ -203,7 +208,22 @@ impl KadNode {
                 }
             }
             Purpose::Publish(publication) => {
-                for c in lookup.closest_answered(self.config.subscribe_fanout) {
+                // Two more than hold subscriptions: the publisher's view of the closest nodes
+                // may differ a little from the subscribers' (loss, churn).
+                let fanout = self.config.subscribe_fanout + 2;
+                let closest = lookup.closest_answered(fanout);
+                let own = KadId::of_node(&self.node_id).distance(&lookup.target);
+                let we_are_close = closest.len() < fanout
+                    || closest
+                        .iter()
+                        .take(self.config.subscribe_fanout)
+                        .any(|c| c.kad_id.distance(&lookup.target) > own);
+                if we_are_close {
+                    // We may hold subscriptions for this topic ourselves.
+                    let observed = self.observed_addr;
+                    self.forward_publication(now, observed, &publication);
+                }
+                for c in closest {
                     let message = Message::Publish(publication.clone());
                     self.send_request(now, c.addr, Some(c.node_id), message, PendingKind::Other);
                 }
@@ -243,7 +263,7 @@ impl KadNode {
                 break t;
             }
         };
-        let payload = self.encode_request(to, txid, message)?;
+        let payload = self.encode_request(now, to, txid, message)?;
         let deadline = now + self.config.request_timeout;
         self.pending.insert(
             txid,
@@ -260,14 +280,32 @@ impl KadNode {
     }
 
     /// Sends a message that expects no reply, with the given txid.
-    pub(super) fn send_oneway(&mut self, to: SocketAddr, message: Message, txid: u64) {
-        if let Some(payload) = self.encode_request(to, txid, message) {
+    pub(super) fn send_oneway(
+        &mut self,
+        now: Timestamp,
+        to: SocketAddr,
+        message: Message,
+        txid: u64,
+    ) {
+        if let Some(payload) = self.encode_request(now, to, txid, message) {
             self.push_transmit(to, payload);
         }
     }
 
-    fn encode_request(&mut self, to: SocketAddr, txid: u64, message: Message) -> Option<Vec<u8>> {
-        let cookie = self.peer_cookies.get(&to).copied();
+    fn encode_request(
+        &mut self,
+        now: Timestamp,
+        to: SocketAddr,
+        txid: u64,
+        message: Message,
+    ) -> Option<Vec<u8>> {
+        // A cookie is valid for one to two epochs after it was issued: only use one that is
+        // surely still good, else pad as if we had none.
+        let cookie = self
+            .peer_cookies
+            .get(&to)
+            .filter(|(_, got)| now.saturating_since(*got) < COOKIE_EPOCH)
+            .map(|(c, _)| *c);
         let pad_to = if cookie.is_none() {
             padded_len(&message)
         } else {
@@ -306,8 +344,8 @@ impl KadNode {
         self.events.push_back(event);
     }
 
-    pub(super) fn remember_cookie(&mut self, from: SocketAddr, cookie: Cookie) {
-        if self.peer_cookies.insert(from, cookie).is_none() {
+    pub(super) fn remember_cookie(&mut self, now: Timestamp, from: SocketAddr, cookie: Cookie) {
+        if self.peer_cookies.insert(from, (cookie, now)).is_none() {
             self.peer_cookie_order.push_back(from);
             if self.peer_cookie_order.len() > MAX_PEER_COOKIES {
                 if let Some(old) = self.peer_cookie_order.pop_front() {
@@ -374,7 +412,7 @@ impl KadNode {
             self.reach_nonces.pop_first();
         }
         self.reach_nonces.insert(nonce, (addr, now));
-        self.send_oneway(addr, Message::ReachRequest, nonce);
+        self.send_oneway(now, addr, Message::ReachRequest, nonce);
     }
 
     /// Once a minute: purge, refresh buckets, check liveness, republish, renew.
@@ -417,10 +455,11 @@ impl KadNode {
                 PendingKind::Ping,
             );
         }
-        if self
-            .own_record
-            .as_ref()
-            .is_some_and(|o| o.republish_at <= now)
+        if self.joined
+            && self
+                .own_record
+                .as_ref()
+                .is_some_and(|o| o.republish_at <= now)
         {
             let _ = self.republish(now);
         }

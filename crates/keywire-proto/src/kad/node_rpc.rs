@@ -72,7 +72,7 @@ impl KadNode {
                 None
             }
             Message::ReachRelay { target } => {
-                self.send_oneway(target, Message::ReachProof, txid);
+                self.send_oneway(now, target, Message::ReachProof, txid);
                 None
             }
             Message::Deliver {
@@ -110,7 +110,7 @@ impl KadNode {
             }),
             Message::ReachRequest => {
                 if validated {
-                    self.on_reach_request(from, txid);
+                    self.on_reach_request(now, from, txid);
                 }
                 None
             }
@@ -172,7 +172,7 @@ impl KadNode {
         };
         self.deadlines.remove(&(pending.deadline, rpc.txid));
         if let Some(cookie) = rpc.cookie {
-            self.remember_cookie(from, cookie);
+            self.remember_cookie(now, from, cookie);
         }
         if rpc.sender_is_server {
             self.note_alive(now, Contact::new(rpc.sender, from));
@@ -225,8 +225,11 @@ impl KadNode {
 
     /// A record in a lookup answer counts only if it is for the key asked and valid.
     fn acceptable_answer(&mut self, now: Timestamp, id: u64, record: &AddressRecord) -> bool {
-        let asked = self.lookups.get(&id).map(|(l, _)| l.goal);
-        let ok = asked == Some(LookupGoal::Record(record.node_id))
+        let Some(asked) = self.lookups.get(&id).map(|(l, _)| l.goal) else {
+            // A late answer to a lookup that already finished.
+            return false;
+        };
+        let ok = asked == LookupGoal::Record(record.node_id)
             && record.validate(now, self.config.record_ttl).is_ok();
         if !ok {
             self.stats.bad_records += 1;
@@ -296,6 +299,17 @@ impl KadNode {
                 via: from,
             });
         }
+        self.forward_publication(now, Some(from), &publication)
+    }
+
+    /// Sends a publication to the subscribers we hold, annotated with `observed`.
+    pub(super) fn forward_publication(
+        &mut self,
+        now: Timestamp,
+        observed: Option<SocketAddr>,
+        publication: &Publication,
+    ) -> u8 {
+        let Some(observed) = observed else { return 0 };
         let Some(targets) = self.subscriptions.forward_targets(now, &publication.topic) else {
             self.stats.forwards_limited += 1;
             return 0;
@@ -311,11 +325,11 @@ impl KadNode {
                 break;
             }
             let message = Message::Deliver {
-                observed: from,
+                observed,
                 publication: publication.clone(),
             };
             let txid = self.rng.next_u64();
-            self.send_oneway(addr, message, txid);
+            self.send_oneway(now, addr, message, txid);
             forwarded = forwarded.saturating_add(1);
         }
         forwarded
@@ -348,7 +362,7 @@ impl KadNode {
     }
 
     /// Asks a third party (not at the requester's IP) to send the requester a proof.
-    fn on_reach_request(&mut self, from: SocketAddr, txid: u64) {
+    fn on_reach_request(&mut self, now: Timestamp, from: SocketAddr, txid: u64) {
         let helpers: Vec<SocketAddr> = self
             .table
             .entries()
@@ -360,7 +374,7 @@ impl KadNode {
             return;
         }
         let helper = helpers[(self.rng.next_u64() % helpers.len() as u64) as usize];
-        self.send_oneway(helper, Message::ReachRelay { target: from }, txid);
+        self.send_oneway(now, helper, Message::ReachRelay { target: from }, txid);
     }
 
     /// An unsolicited proof from a third party: we are reachable.

@@ -40,7 +40,8 @@ const FLAG_COOKIE: u8 = 0x02;
 pub struct Rpc {
     /// Matches a reply to its request; one-way messages use a random one too.
     pub txid: u64,
-    /// The sender's key (unauthenticated: see `docs/dht.md`, "what is and is not proven").
+    /// The sender's key: a claim, not checked to be a curve point (see `docs/dht.md`, "what is
+    /// and is not proven").
     pub sender: NodeId,
     /// Whether the sender answers and stores.
     pub sender_is_server: bool,
@@ -195,7 +196,9 @@ impl Message {
         Ok(match kind {
             0x01 => Self::Ping,
             0x02 => Self::FindNode { target: r.array()? },
-            0x03 => Self::FindRecord { key: r.node_id()? },
+            0x03 => Self::FindRecord {
+                key: r.claimed_node_id()?,
+            },
             0x04 => Self::Store(AddressRecord::decode(r)?),
             0x05 => Self::Subscribe {
                 topic: r.array()?,
@@ -257,7 +260,7 @@ fn put_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
 fn read_contacts(r: &mut Reader<'_>) -> Result<Vec<Contact>, WireError> {
     let n = r.count("contacts", MAX_REPLY_CONTACTS)?;
     (0..n)
-        .map(|_| Ok(Contact::new(r.node_id()?, r.socket_addr()?)))
+        .map(|_| Ok(Contact::new(r.claimed_node_id()?, r.socket_addr()?)))
         .collect()
 }
 
@@ -304,7 +307,7 @@ impl Rpc {
         if flags & !(FLAG_SERVER | FLAG_COOKIE) != 0 {
             return Err(WireError::Invalid("flags"));
         }
-        let sender = r.node_id()?;
+        let sender = r.claimed_node_id()?;
         let cookie = if flags & FLAG_COOKIE != 0 {
             Some(r.array()?)
         } else {

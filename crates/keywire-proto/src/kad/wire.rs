@@ -103,6 +103,13 @@ impl<'a> Reader<'a> {
         NodeId::from_bytes(self.array()?).map_err(|_| WireError::BadKey)
     }
 
+    /// Reads a key that is only a claim (a contact's or a sender's), without checking it is a
+    /// curve point: the DHT never verifies anything against such keys, and checking costs
+    /// more than the rest of decoding a reply.
+    pub fn claimed_node_id(&mut self) -> Result<NodeId, WireError> {
+        Ok(NodeId::from_bytes_unchecked(self.array()?))
+    }
+
     /// Reads an address: `4 | ip (4) | port (2)` or `6 | ip (16) | port (2)`. Port 0 and
     /// unspecified addresses name no reachable place and are refused.
     pub fn socket_addr(&mut self) -> Result<SocketAddr, WireError> {
