@@ -360,6 +360,11 @@ impl KadNode {
         let outcome = self
             .table
             .insert_alive(now, contact, self.config.stale_after);
+        if outcome == InsertOutcome::Added {
+            // The first node of a network has nobody to bootstrap from: it joins (and stores
+            // its record) once the first peer finds it.
+            self.join_if_needed(now);
+        }
         if let InsertOutcome::Full { ping: Some(old) } = outcome {
             self.send_request(
                 now,
@@ -368,6 +373,18 @@ impl KadNode {
                 Message::Ping,
                 PendingKind::Ping,
             );
+        }
+    }
+
+    /// Starts the join lookup (our own id) unless it ran or is running.
+    pub(super) fn join_if_needed(&mut self, now: Timestamp) {
+        let joining = self
+            .lookups
+            .values()
+            .any(|(_, p)| matches!(p, Purpose::Join));
+        if !self.joined && !joining {
+            let own = KadId::of_node(&self.node_id);
+            let _ = self.start_lookup(now, own, LookupGoal::Nodes, Purpose::Join);
         }
     }
 

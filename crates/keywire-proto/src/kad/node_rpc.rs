@@ -241,14 +241,7 @@ impl KadNode {
         if self.config.mode == ModeSetting::Auto && self.mode == Mode::Client {
             self.ask_for_reach_proof(now, from);
         }
-        let joining = self
-            .lookups
-            .values()
-            .any(|(_, p)| matches!(p, Purpose::Join));
-        if !self.joined && !joining {
-            let own = KadId::of_node(&self.node_id);
-            let _ = self.start_lookup(now, own, LookupGoal::Nodes, Purpose::Join);
-        }
+        self.join_if_needed(now);
     }
 
     fn closest_for(&self, target: &KadId, requester: &NodeId) -> Vec<Contact> {
