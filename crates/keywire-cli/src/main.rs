@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod dht;
 mod node;
 mod output;
 mod pipe;
@@ -48,6 +49,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks: keywire against its baseline in the same run, one JSON line per result.
     Bench(bench::BenchArgs),
+    /// The DHT: look up a node's signed address record, or show this node's DHT state.
+    Dht(dht::DhtArgs),
     /// Show what a ticket contains.
     Ticket {
         /// The ticket (kwt1...).
@@ -92,6 +95,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&opts, args).await,
         Command::Ticket { ticket } => node::print_ticket(&opts, ticket),
         Command::Bench(args) => bench::run(args).await,
+        Command::Dht(args) => dht::run(&opts, args).await,
     }
 }
 

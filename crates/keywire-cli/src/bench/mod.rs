@@ -4,6 +4,7 @@
 mod connect;
 mod cpu;
 mod delay_proxy;
+mod dht;
 mod stats;
 mod throughput;
 
@@ -23,12 +24,16 @@ enum Bench {
     /// Time from connect() to the first echoed byte against plain quinn (ABBA), and round trips
     /// counted through an in-process delaying proxy.
     Connect(connect::Args),
+    /// The DHT: simulated under churn (success, hops, messages, maintenance bytes) and
+    /// resolution on real loopback sockets.
+    Dht(dht::Args),
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.bench {
         Bench::Throughput(a) => throughput::run(a).await,
         Bench::Connect(a) => connect::run(a).await,
+        Bench::Dht(a) => dht::run(a).await,
     }
 }
 
