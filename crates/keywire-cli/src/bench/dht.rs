@@ -121,7 +121,7 @@ async fn simulated(args: &Args) -> anyhow::Result<()> {
 /// `n` nodes on 127.N.0.1, the first a server (a gate), the others finding out their
 /// reachability; then every node resolves another's key.
 async fn real_sockets(n: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(n >= 2 && n <= 250, "--real-nodes must be 2..=250");
+    anyhow::ensure!((2..=250).contains(&n), "--real-nodes must be 2..=250");
     let mut nodes = Vec::new();
     let mut first: Option<SocketAddr> = None;
     for i in 1..=n {

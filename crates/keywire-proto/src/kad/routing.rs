@@ -284,7 +284,7 @@ impl RoutingTable {
             .filter(|e| e.failures == 0)
             .map(|e| (e.contact.kad_id.distance(target), e.contact))
             .collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.sort_unstable_by_key(|a| a.0);
         all.into_iter().take(n).map(|(_, c)| c).collect()
     }
 

@@ -103,7 +103,7 @@ pub enum Message {
     },
     /// `0x82`: n (1, ≤ 8) | n × (key (32) | address).
     Nodes(Vec<Contact>),
-    /// `0x83`: has record (1: 0 or 1) | [record] | n (1, ≤ 8) | n contacts.
+    /// `0x83`: has record (1: 0 or 1) | optional record | n (1, ≤ 8) | n contacts.
     RecordReply {
         /// The freshest valid record the responder holds.
         record: Option<AddressRecord>,
