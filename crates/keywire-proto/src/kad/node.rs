@@ -557,3 +557,6 @@ impl KadNode {
 mod drive;
 #[path = "node_rpc.rs"]
 mod rpc_handling;
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;
