@@ -5,6 +5,7 @@
 mod bench;
 mod bench_signal;
 mod demo;
+mod dht;
 mod gate;
 mod node;
 mod output;
@@ -56,6 +57,8 @@ enum Command {
     /// Signalling by key over a pool of MQTT brokers.
     #[command(subcommand)]
     Signal(signal::SignalCommand),
+    /// The DHT: look up a node's signed address record, or show this node's DHT state.
+    Dht(dht::DhtArgs),
     /// Show what a ticket contains.
     Ticket {
         /// The ticket (kwt1...).
@@ -102,6 +105,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Gate(args) => gate::run(&opts, args).await,
         Command::Signal(command) => signal::run(&opts, command).await,
+        Command::Dht(args) => dht::run(&opts, args).await,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod datagram;
 pub mod gate;
 pub mod gro;
 pub mod identity;
+pub mod kad;
 pub mod network_id;
 pub mod signal;
 pub mod ticket;

@@ -504,6 +504,11 @@ impl Endpoint {
         }
     }
 
+    /// This node's secret key, for protocols that sign (the DHT's records).
+    pub(crate) fn secret_key(&self) -> &SecretKey {
+        &self.inner.secret_key
+    }
+
     /// Claims control packets of `kind` on this endpoint's UDP port, for a protocol that runs
     /// beside QUIC (probes, relay frames, DHT). At most `queue` packets wait; more are dropped
     /// and counted (`control_queue_full`). A later claim of the same kind replaces this one.

@@ -27,6 +27,7 @@ mod accept;
 pub mod bench_support;
 mod config;
 mod connection;
+pub mod dht;
 mod dial;
 mod endpoint;
 mod error;

@@ -4,6 +4,7 @@
 mod connect;
 mod cpu;
 mod delay_proxy;
+mod dht;
 mod natlab;
 mod stats;
 mod throughput;
@@ -28,6 +29,9 @@ enum Bench {
     Natlab(natlab::Args),
     /// Signalling send-to-ACK latency and throughput through a local mosquitto pool.
     Signal(crate::bench_signal::BenchSignalArgs),
+    /// The DHT: simulated under churn (success, hops, messages, maintenance bytes) and
+    /// resolution on real loopback sockets.
+    Dht(dht::Args),
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Connect(a) => connect::run(a).await,
         Bench::Natlab(a) => natlab::run(a).await,
         Bench::Signal(a) => crate::bench_signal::run(a).await,
+        Bench::Dht(a) => dht::run(a).await,
     }
 }
 
