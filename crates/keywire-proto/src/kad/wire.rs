@@ -1,6 +1,6 @@
 //! Reading and writing the DHT's byte layouts: bounds-checked, big-endian, never panicking.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::identity::NodeId;
 
@@ -9,11 +9,8 @@ use crate::identity::NodeId;
 #[non_exhaustive]
 pub enum WireError {
     /// The input ended before a field did.
-    #[error("truncated: needed {needed} more bytes")]
-    Truncated {
-        /// Bytes missing.
-        needed: usize,
-    },
+    #[error("truncated: the input ended before a field did")]
+    Truncated,
     /// A DHT wire version this node does not speak.
     #[error("unsupported DHT wire version {0}")]
     UnsupportedVersion(u8),
@@ -47,55 +44,61 @@ pub enum WireError {
     Invalid(&'static str),
 }
 
-/// A cursor over input bytes; every read checks the length first.
+impl From<crate::wire::WireError> for WireError {
+    fn from(error: crate::wire::WireError) -> Self {
+        match error {
+            crate::wire::WireError::UnknownAddressFamily(family) => {
+                WireError::UnknownAddressFamily(family)
+            }
+            // `Truncated` and any later variant: the input ended or was malformed.
+            _ => WireError::Truncated,
+        }
+    }
+}
+
+/// The shared bounds-checked reader ([`crate::wire::Reader`]) plus the DHT's own fields: keys,
+/// validated addresses and capped counts.
 #[derive(Debug)]
 pub struct Reader<'a> {
-    rest: &'a [u8],
+    inner: crate::wire::Reader<'a>,
 }
 
 impl<'a> Reader<'a> {
     /// Starts reading `input`.
     pub fn new(input: &'a [u8]) -> Self {
-        Self { rest: input }
+        Self {
+            inner: crate::wire::Reader(input),
+        }
     }
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> &'a [u8] {
-        self.rest
+        self.inner.0
     }
 
     /// Reads `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.rest.len() < n {
-            return Err(WireError::Truncated {
-                needed: n - self.rest.len(),
-            });
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
+        Ok(self.inner.bytes(n)?)
     }
 
     /// Reads a fixed-size array.
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes(N)?);
-        Ok(out)
+        Ok(self.inner.array()?)
     }
 
     /// Reads one byte.
     pub fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.array::<1>()?[0])
+        Ok(self.inner.u8()?)
     }
 
     /// Reads a big-endian u16.
     pub fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes(self.array()?))
+        Ok(self.inner.u16()?)
     }
 
     /// Reads a big-endian u64.
     pub fn u64(&mut self) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(self.array()?))
+        Ok(self.inner.u64()?)
     }
 
     /// Reads a node key, checking it is a valid ed25519 point.
@@ -110,19 +113,21 @@ impl<'a> Reader<'a> {
         Ok(NodeId::from_bytes_unchecked(self.array()?))
     }
 
-    /// Reads an address: `4 | ip (4) | port (2)` or `6 | ip (16) | port (2)`. Port 0 and
-    /// unspecified addresses name no reachable place and are refused.
+    /// Reads an address in the shared layout ([`crate::wire::put_addr`]). Port 0 and
+    /// unspecified addresses name no reachable place, and a v4-mapped IPv6 address has a
+    /// shorter canonical form (family 4); all three are refused, so one address has exactly
+    /// one encoding.
     pub fn socket_addr(&mut self) -> Result<SocketAddr, WireError> {
-        let ip = match self.u8()? {
-            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
-            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
-            other => return Err(WireError::UnknownAddressFamily(other)),
-        };
-        let port = self.u16()?;
-        if port == 0 || ip.is_unspecified() {
+        let addr = self.inner.addr()?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(WireError::Invalid("address"));
         }
-        Ok(SocketAddr::new(ip, port))
+        if crate::ticket::canonical_addr(addr) != addr {
+            return Err(WireError::Invalid(
+                "address: v4-mapped IPv6 must be sent as IPv4",
+            ));
+        }
+        Ok(addr)
     }
 
     /// Reads a one-byte count and checks it against `cap`.
@@ -138,17 +143,7 @@ impl<'a> Reader<'a> {
 /// Appends an address in the layout [`Reader::socket_addr`] reads. v4-mapped IPv6 addresses
 /// are written as IPv4, so one address has one encoding.
 pub fn put_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
-    match crate::ticket::canonical_addr(*addr) {
-        SocketAddr::V4(v4) => {
-            out.push(4);
-            out.extend_from_slice(&v4.ip().octets());
-        }
-        SocketAddr::V6(v6) => {
-            out.push(6);
-            out.extend_from_slice(&v6.ip().octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
+    crate::wire::put_addr(out, &crate::ticket::canonical_addr(*addr));
 }
 
 /// Encoded length of an address.
@@ -186,13 +181,25 @@ mod tests {
             Reader::new(&[4, 1, 2, 3, 4, 0, 0]).socket_addr(),
             Err(WireError::Invalid("address"))
         );
+        let mut mapped_v6 = vec![6];
+        mapped_v6.extend_from_slice(
+            &"::ffff:1.2.3.4"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        mapped_v6.extend_from_slice(&[1, 2]);
+        assert!(matches!(
+            Reader::new(&mapped_v6).socket_addr(),
+            Err(WireError::Invalid(_))
+        ));
         assert_eq!(
             Reader::new(&[5]).socket_addr(),
             Err(WireError::UnknownAddressFamily(5))
         );
         assert_eq!(
             Reader::new(&[6, 0]).socket_addr(),
-            Err(WireError::Truncated { needed: 15 })
+            Err(WireError::Truncated)
         );
     }
 }
