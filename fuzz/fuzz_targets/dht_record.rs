@@ -13,12 +13,18 @@ fuzz_target!(|data: &[u8]| {
         let _ = record.validate(now, std::time::Duration::from_secs(3600));
         let mut out = Vec::new();
         record.encode(&mut out);
-        assert_eq!(AddressRecord::decode(&mut Reader::new(&out)).unwrap(), record);
+        assert_eq!(
+            AddressRecord::decode(&mut Reader::new(&out)).unwrap(),
+            record
+        );
     }
     if let Ok(publication) = Publication::decode(&mut Reader::new(data)) {
         let _ = publication.validate(now);
         let mut out = Vec::new();
         publication.encode(&mut out);
-        assert_eq!(Publication::decode(&mut Reader::new(&out)).unwrap(), publication);
+        assert_eq!(
+            Publication::decode(&mut Reader::new(&out)).unwrap(),
+            publication
+        );
     }
 });

@@ -13,6 +13,7 @@ pub mod gro;
 pub mod identity;
 pub mod kad;
 pub mod network_id;
+pub mod probe;
 pub mod signal;
 pub mod ticket;
 pub mod wire;

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::socket::paths::PathTable;
 use crate::transport::TransportSettings;
+use crate::upgrade::Upgrades;
 use crate::Connection;
 use std::sync::Mutex;
 
@@ -27,6 +28,7 @@ pub(crate) struct AcceptDriver {
     pub(crate) queue: mpsc::Sender<Connection>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) paths: Arc<PathTable>,
+    pub(crate) upgrades: Arc<Upgrades>,
     /// The current server configuration (ALPNs change at run time).
     pub(crate) server_config: Arc<Mutex<quinn::ServerConfig>>,
     pub(crate) transport: TransportSettings,
@@ -100,13 +102,22 @@ impl AcceptDriver {
             &conn,
             &self.network,
             Role::Acceptor,
+            &self.upgrades.local_candidates(),
             self.handshake_timeout,
         )
         .await
         {
-            Ok(()) => {
+            Ok(candidates) => {
                 self.paths.bind(virtual_addr, peer);
-                Some(Connection::new(conn, peer, alpn, self.paths.clone()))
+                let guard = self.upgrades.start(&conn, Role::Acceptor, &candidates);
+                Some(Connection::new(
+                    conn,
+                    peer,
+                    alpn,
+                    self.paths.clone(),
+                    candidates,
+                    guard,
+                ))
             }
             Err(CheckError::NetworkMismatch) => {
                 Metrics::inc(&self.metrics.network_mismatch);

@@ -38,7 +38,16 @@ pub struct EndpointConfig {
     pub max_pending_handshakes: usize,
     /// Open connections at once; more incoming ones are refused. Default 4096.
     pub max_connections: usize,
+    /// Extra addresses peers may reach this node at (e.g. a port forwarded on the router), told
+    /// to peers with the node's own; at most [`MAX_ANNOUNCED_ADDRS`]. Default none.
+    pub announce_addrs: Vec<SocketAddr>,
+    /// Whether a relayed connection probes the peer's candidate addresses and moves to a direct
+    /// path when one answers (and back to the relay when it dies). Default on.
+    pub upgrade_to_direct: bool,
 }
+
+/// Most addresses [`EndpointConfig::announce_addrs`] may hold.
+pub const MAX_ANNOUNCED_ADDRS: usize = 4;
 
 impl EndpointConfig {
     /// A configuration with the given identity and defaults for everything else.
@@ -55,6 +64,8 @@ impl EndpointConfig {
             accept_queue: 64,
             max_pending_handshakes: 256,
             max_connections: 4096,
+            announce_addrs: Vec::new(),
+            upgrade_to_direct: true,
         }
     }
 
@@ -85,6 +96,22 @@ impl EndpointConfig {
         self
     }
 
+    /// Adds an address to announce to peers besides the bound one (see
+    /// [`EndpointConfig::announce_addrs`]).
+    pub fn announce(mut self, addr: SocketAddr) -> Self {
+        if !self.announce_addrs.contains(&addr) {
+            self.announce_addrs.push(addr);
+        }
+        self
+    }
+
+    /// Turns moving relayed connections to direct paths on or off (see
+    /// [`EndpointConfig::upgrade_to_direct`]).
+    pub fn upgrade_to_direct(mut self, on: bool) -> Self {
+        self.upgrade_to_direct = on;
+        self
+    }
+
     /// Checks the settings that can contradict each other.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.keep_alive * 2 >= self.idle_timeout {
@@ -97,6 +124,21 @@ impl EndpointConfig {
             return Err(
                 "accept_queue, max_pending_handshakes and max_connections must be > 0".into(),
             );
+        }
+        if self.announce_addrs.len() > MAX_ANNOUNCED_ADDRS {
+            return Err(format!(
+                "at most {MAX_ANNOUNCED_ADDRS} announced addresses, got {}",
+                self.announce_addrs.len()
+            ));
+        }
+        if let Some(bad) = self
+            .announce_addrs
+            .iter()
+            .find(|a| a.port() == 0 || a.ip().is_unspecified())
+        {
+            return Err(format!(
+                "announced address {bad} is not reachable (port 0 or unspecified IP)"
+            ));
         }
         if self.alpns.iter().any(|a| a.is_empty() || a.len() > 255) {
             return Err("every ALPN must be 1 to 255 bytes (RFC 7301)".into());

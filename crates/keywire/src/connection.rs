@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keywire_proto::NodeId;
 
 use crate::socket::paths::{PathTable, Route};
+use crate::upgrade::UpgradeGuard;
 
 /// How a connection's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,33 @@ impl std::fmt::Display for Path {
     }
 }
 
+impl From<Route> for Path {
+    fn from(route: Route) -> Self {
+        match route {
+            Route::Relayed { gate, .. } => Path::Relayed { gate },
+            Route::Direct(addr) => Path::Direct(addr),
+        }
+    }
+}
+
+/// The path changes of one connection, from [`Connection::path_events`].
+#[derive(Debug)]
+pub struct PathEvents {
+    watch: Option<tokio::sync::watch::Receiver<Route>>,
+}
+
+impl PathEvents {
+    /// Waits for the next path change and returns the new path; `None` once the connection's
+    /// path is gone (the connection ended long ago). Changes in quick succession may be seen
+    /// as one: this always returns the latest path.
+    pub async fn next(&mut self) -> Option<Path> {
+        let watch = self.watch.as_mut()?;
+        watch.changed().await.ok()?;
+        let route = *watch.borrow_and_update();
+        Some(route.into())
+    }
+}
+
 /// An authenticated connection to a peer.
 ///
 /// It dereferences to [`quinn::Connection`] for streams, datagrams and statistics; what keywire
@@ -41,6 +69,9 @@ pub struct Connection {
     remote: NodeId,
     alpn: Vec<u8>,
     paths: Arc<PathTable>,
+    peer_candidates: Arc<[SocketAddr]>,
+    /// Ends the probing task when the last clone goes.
+    _upgrade: Option<Arc<UpgradeGuard>>,
 }
 
 impl Connection {
@@ -49,12 +80,32 @@ impl Connection {
         remote: NodeId,
         alpn: Vec<u8>,
         paths: Arc<PathTable>,
+        peer_candidates: Vec<SocketAddr>,
+        upgrade: Option<UpgradeGuard>,
     ) -> Self {
         Self {
             inner,
             remote,
             alpn,
             paths,
+            peer_candidates: peer_candidates.into(),
+            _upgrade: upgrade.map(Arc::new),
+        }
+    }
+
+    /// The addresses the peer told us it may be reached at directly (its bound, announced and
+    /// gate-observed addresses). A relayed connection probes them to go direct.
+    pub fn peer_candidates(&self) -> &[SocketAddr] {
+        &self.peer_candidates
+    }
+
+    /// Every change of [`Connection::path`]: relayed to direct, back to the relay.
+    pub fn path_events(&self) -> PathEvents {
+        PathEvents {
+            watch: self
+                .paths
+                .switch_signal(&self.inner.remote_address())
+                .map(|s| s.subscribe()),
         }
     }
 
@@ -70,8 +121,7 @@ impl Connection {
     /// How packets travel right now: directly, or relayed through a gate.
     pub fn path(&self) -> Path {
         match self.paths.route_of(&self.inner.remote_address()) {
-            Some(Route::Relayed { gate, .. }) => Path::Relayed { gate },
-            Some(Route::Direct(addr)) => Path::Direct(addr),
+            Some(route) => Path::from(route),
             // The path was evicted: only possible once the connection is long dead.
             None => Path::Direct(self.inner.remote_address()),
         }

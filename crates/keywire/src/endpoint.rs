@@ -20,6 +20,7 @@ use crate::socket::paths::{PathTable, Route};
 use crate::socket::{ControlChannel, KeywireSocket};
 use crate::tls::{self, PeerPolicy};
 use crate::transport::TransportSettings;
+use crate::upgrade::{self, Upgrades};
 use crate::{dial, udp, Connection};
 use keywire_proto::datagram::ControlKind;
 
@@ -54,12 +55,15 @@ struct Inner {
     router: Router,
     accept_queue: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
     accept_task: tokio::task::JoinHandle<()>,
+    probe_task: tokio::task::JoinHandle<()>,
+    upgrades: Arc<Upgrades>,
     connect_timeout: std::time::Duration,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.accept_task.abort();
+        self.probe_task.abort();
         self.quinn.set_server_config(None);
     }
 }
@@ -137,6 +141,18 @@ impl Endpoint {
             })?
         };
 
+        let upgrades = Arc::new(Upgrades::new(
+            socket.clone(),
+            paths.clone(),
+            metrics.clone(),
+            config.announce_addrs.clone(),
+            config.upgrade_to_direct,
+        ));
+        let probes = socket
+            .control
+            .register(ControlKind::Probe, upgrade::DISPATCH_QUEUE);
+        let probe_task = runtime.spawn(upgrades.clone().dispatch(probes));
+
         let router = Router::default();
         let (queue_tx, queue_rx) = mpsc::channel(config.accept_queue);
         let driver = AcceptDriver {
@@ -146,6 +162,7 @@ impl Endpoint {
             queue: queue_tx,
             metrics: metrics.clone(),
             paths: paths.clone(),
+            upgrades: upgrades.clone(),
             server_config: server_config_shared.clone(),
             transport: transport.clone(),
             handshake_timeout: config.connect_timeout,
@@ -172,6 +189,8 @@ impl Endpoint {
                 router,
                 accept_queue: tokio::sync::Mutex::new(queue_rx),
                 accept_task,
+                probe_task,
+                upgrades,
                 connect_timeout: config.connect_timeout,
             }),
         })
@@ -190,23 +209,10 @@ impl Endpoint {
     /// How peers can reach this node directly: the bound address, or, when bound to a wildcard,
     /// the address of every interface (loopback last). IPv6 link-local addresses are left out:
     /// they need a scope id that means nothing on another host.
+    ///
+    /// Addresses from [`EndpointConfig::announce_addrs`] come first.
     pub fn node_addr(&self) -> std::io::Result<NodeAddr> {
-        let local = self.local_addr()?;
-        let port = local.port();
-        let addrs = if local.ip().is_unspecified() {
-            let dual_stack = local.is_ipv6();
-            let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()?
-                .into_iter()
-                .map(|iface| iface.ip())
-                .filter(|ip| dual_stack || ip.is_ipv4())
-                .filter(|ip| !is_link_local_v6(ip))
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect();
-            addrs.sort_by_key(|a| a.ip().is_loopback());
-            addrs
-        } else {
-            vec![canonical_addr(local)]
-        };
+        let addrs = direct_addrs(self.local_addr()?, &self.inner.upgrades.announce)?;
         Ok(NodeAddr::new(self.inner.node_id, addrs))
     }
 
@@ -260,7 +266,8 @@ impl Endpoint {
                 let client_config = client_config.clone();
                 let alpn = alpn.clone();
                 async move {
-                    let attempt = this.attempt(Route::Direct(addr), expected, client_config, alpn);
+                    let attempt =
+                        this.attempt(Route::Direct(addr), expected, client_config, alpn, &[]);
                     tokio::time::timeout(this.inner.connect_timeout, attempt)
                         .await
                         .unwrap_or(Err(AttemptFailure::TimedOut))
@@ -316,7 +323,13 @@ impl Endpoint {
             gate: gate.gate_addr(),
             channel: introduction.channel,
         };
-        let attempt = self.attempt(route, node, self.client_config(alpn), alpn.to_vec());
+        let attempt = self.attempt(
+            route,
+            node,
+            self.client_config(alpn),
+            alpn.to_vec(),
+            &introduction.candidates,
+        );
         tokio::time::timeout(self.inner.connect_timeout, attempt)
             .await
             .unwrap_or(Err(AttemptFailure::TimedOut))
@@ -326,7 +339,9 @@ impl Endpoint {
     /// Accepts relayed connections arriving through `gate` (a registration of this endpoint);
     /// [`Endpoint::connect_via`] does this itself.
     pub fn use_gate(&self, gate: &GateClient) {
-        self.inner.paths.add_gate(gate.gate_addr(), gate.session());
+        self.inner
+            .paths
+            .add_gate(gate.gate_addr(), gate.session(), gate.observed_addr());
     }
 
     /// Stops using `gate`: its relayed paths can no longer send.
@@ -340,6 +355,7 @@ impl Endpoint {
         expected: NodeId,
         client_config: Arc<quinn::crypto::rustls::QuicClientConfig>,
         alpn: Vec<u8>,
+        introduced_candidates: &[SocketAddr],
     ) -> Result<Connection, AttemptFailure> {
         Metrics::inc(&self.inner.metrics.dial_attempts);
         let virtual_addr = self
@@ -376,16 +392,32 @@ impl Endpoint {
             return Err(AttemptFailure::WrongPeer);
         }
         let timeout = self.inner.connect_timeout;
-        match handshake::exchange_network_proofs(&conn, &self.inner.network, Role::Dialer, timeout)
-            .await
+        let upgrades = &self.inner.upgrades;
+        match handshake::exchange_network_proofs(
+            &conn,
+            &self.inner.network,
+            Role::Dialer,
+            &upgrades.local_candidates(),
+            timeout,
+        )
+        .await
         {
-            Ok(()) => {
+            Ok(mut candidates) => {
                 self.inner.paths.bind(virtual_addr, expected);
+                // The gate's view of the peer (its reflexive address) joins what it told us.
+                for extra in introduced_candidates {
+                    if !candidates.contains(extra) {
+                        candidates.push(*extra);
+                    }
+                }
+                let guard = upgrades.start(&conn, Role::Dialer, &candidates);
                 Ok(Connection::new(
                     conn,
                     expected,
                     alpn,
                     self.inner.paths.clone(),
+                    candidates,
+                    guard,
                 ))
             }
             Err(e) => {
@@ -563,6 +595,33 @@ fn server_config(
     // packet from another address is dropped (and counted by the socket), not migrated.
     config.migration(false);
     Ok(config)
+}
+
+/// The addresses a node bound at `local` can be reached at directly: `announce` first, then
+/// the bound address, or every interface's address when bound to a wildcard (loopback last).
+pub(crate) fn direct_addrs(
+    local: SocketAddr,
+    announce: &[SocketAddr],
+) -> std::io::Result<Vec<SocketAddr>> {
+    let port = local.port();
+    let mut addrs: Vec<SocketAddr> = announce.iter().map(|a| canonical_addr(*a)).collect();
+    if local.ip().is_unspecified() {
+        let dual_stack = local.is_ipv6();
+        let mut interfaces: Vec<SocketAddr> = if_addrs::get_if_addrs()?
+            .into_iter()
+            .map(|iface| iface.ip())
+            .filter(|ip| dual_stack || ip.is_ipv4())
+            .filter(|ip| !is_link_local_v6(ip))
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        interfaces.sort_by_key(|a| a.ip().is_loopback());
+        addrs.extend(interfaces);
+    } else {
+        addrs.push(canonical_addr(local));
+    }
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    Ok(addrs)
 }
 
 fn is_link_local_v6(ip: &IpAddr) -> bool {

@@ -1,18 +1,26 @@
 //! What happens between QUIC's handshake and handing a connection to the application: reading
 //! the proven peer key, and exchanging network-id proofs (see [`keywire_proto::network_id`]).
 //!
-//! Proof frame, sent by each side on the first unidirectional stream it opens:
+//! Proof frame, sent by each side on the first unidirectional stream it opens (then finished):
 //!
 //! ```text
-//! +---------+----------------------+
-//! | version | proof (32 bytes)     |      version = 0x01
-//! +---------+----------------------+
+//! +---------+------------------+-------+------------------------------+
+//! | version | proof (32 bytes) | count | count candidate addresses    |   version = 0x02
+//! +---------+------------------+-------+------------------------------+
 //! ```
+//!
+//! Candidates are the sender's direct addresses (bound, announced, and as its gates see it),
+//! at most [`MAX_CANDIDATES`], each in keywire's address encoding (`keywire_proto::wire`). A
+//! relayed connection probes them to go direct (see `upgrade`); they cost no extra round trip.
 //!
 //! The application never sees these streams: a connection is handed over only after both proofs
 //! were checked, so the first unidirectional stream of each side is always the proof.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use keywire_proto::ticket::canonical_addr;
+use keywire_proto::wire::{put_addr, Reader};
 
 use keywire_proto::network_id::{EXPORTER_LABEL, EXPORTER_LEN};
 use keywire_proto::{NetworkId, NetworkProof, NodeId, Role};
@@ -21,8 +29,11 @@ use quinn::{ConnectionError, TransportErrorCode, VarInt};
 use crate::error::{close_code, AttemptFailure};
 use crate::tls;
 
-const PROOF_VERSION: u8 = 1;
-const PROOF_FRAME_LEN: usize = 1 + 32;
+const PROOF_VERSION: u8 = 2;
+/// Most candidate addresses one side sends.
+pub(crate) const MAX_CANDIDATES: usize = 8;
+/// Longest proof frame: every candidate an IPv6 address (1 + 16 + 2 bytes).
+const MAX_PROOF_FRAME_LEN: usize = 1 + 32 + 1 + MAX_CANDIDATES * 19;
 /// TLS alert access_denied (RFC 8446 §6.2), as a QUIC crypto error (RFC 9001 §4.8).
 const ALERT_ACCESS_DENIED: u8 = 49;
 /// TLS alert no_application_protocol (RFC 7301 §3.2).
@@ -59,18 +70,20 @@ pub(crate) fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .clone()
 }
 
-/// Sends our proof and checks the peer's; closes the connection on any failure.
+/// Sends our proof and candidates, checks the peer's proof and returns its candidates; closes
+/// the connection on any failure.
 pub(crate) async fn exchange_network_proofs(
     conn: &quinn::Connection,
     network: &NetworkId,
     role: Role,
+    candidates: &[SocketAddr],
     timeout: Duration,
-) -> Result<(), CheckError> {
-    let result = tokio::time::timeout(timeout, exchange(conn, network, role))
+) -> Result<Vec<SocketAddr>, CheckError> {
+    let result = tokio::time::timeout(timeout, exchange(conn, network, role, candidates))
         .await
         .unwrap_or(Err(CheckError::TimedOut));
     match &result {
-        Ok(()) | Err(CheckError::Connection(_)) => {}
+        Ok(_) | Err(CheckError::Connection(_)) => {}
         Err(CheckError::NetworkMismatch) => conn.close(
             VarInt::from_u32(close_code::NETWORK_MISMATCH),
             b"network id mismatch",
@@ -91,7 +104,8 @@ async fn exchange(
     conn: &quinn::Connection,
     network: &NetworkId,
     role: Role,
-) -> Result<(), CheckError> {
+    candidates: &[SocketAddr],
+) -> Result<Vec<SocketAddr>, CheckError> {
     let mut exported = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exported, EXPORTER_LABEL, b"")
         .map_err(|_| CheckError::Malformed("no TLS exporter"))?;
@@ -101,9 +115,14 @@ async fn exchange(
     };
     let send = async {
         let mut stream = conn.open_uni().await.map_err(CheckError::Connection)?;
-        let mut frame = [0u8; PROOF_FRAME_LEN];
-        frame[0] = PROOF_VERSION;
-        frame[1..].copy_from_slice(&network.proof(role, &exported).0);
+        let mut frame = Vec::with_capacity(MAX_PROOF_FRAME_LEN);
+        frame.push(PROOF_VERSION);
+        frame.extend_from_slice(&network.proof(role, &exported).0);
+        let candidates = &candidates[..candidates.len().min(MAX_CANDIDATES)];
+        frame.push(candidates.len() as u8);
+        for candidate in candidates {
+            put_addr(&mut frame, &canonical_addr(*candidate));
+        }
         stream.write_all(&frame).await.map_err(|e| match e {
             quinn::WriteError::ConnectionLost(e) => CheckError::Connection(e),
             _ => CheckError::Malformed("peer stopped the proof stream"),
@@ -123,30 +142,61 @@ async fn exchange(
     };
     let receive = async {
         let mut stream = conn.accept_uni().await.map_err(CheckError::Connection)?;
-        let mut frame = [0u8; PROOF_FRAME_LEN];
-        stream.read_exact(&mut frame).await.map_err(|e| match e {
-            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
-                CheckError::Connection(e)
-            }
-            _ => CheckError::Malformed("short network proof"),
-        })?;
-        if frame[0] != PROOF_VERSION {
-            return Err(CheckError::Malformed("unknown network proof version"));
-        }
-        let mut proof = [0u8; 32];
-        proof.copy_from_slice(&frame[1..]);
-        if network.verify(peer_role, &exported, &NetworkProof(proof)) {
-            Ok(())
+        let frame = stream
+            .read_to_end(MAX_PROOF_FRAME_LEN)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e)) => {
+                    CheckError::Connection(e)
+                }
+                quinn::ReadToEndError::TooLong => CheckError::Malformed("network proof too long"),
+                _ => CheckError::Malformed("network proof stream reset"),
+            })?;
+        let (proof, candidates) = parse_proof_frame(&frame)?;
+        if network.verify(peer_role, &exported, &proof) {
+            Ok(candidates)
         } else {
             Err(CheckError::NetworkMismatch)
         }
     };
     let (sent, received) = tokio::join!(send, receive);
     // A mismatch seen by the peer first arrives here as its close frame.
-    received.and(sent).map_err(|e| match e {
+    // The peer's proof (or its close) says more than our send failing, so its error wins.
+    let outcome = match (sent, received) {
+        (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(candidates)) => Ok(candidates),
+    };
+    outcome.map_err(|e| match e {
         CheckError::Connection(c) if is_network_mismatch(&c) => CheckError::NetworkMismatch,
         other => other,
     })
+}
+
+/// Splits a proof frame into the proof and the sender's candidates (unusable ones left out).
+fn parse_proof_frame(frame: &[u8]) -> Result<(NetworkProof, Vec<SocketAddr>), CheckError> {
+    let mut reader = Reader(frame);
+    let short = |_| CheckError::Malformed("short network proof");
+    if reader.u8().map_err(short)? != PROOF_VERSION {
+        return Err(CheckError::Malformed("unknown network proof version"));
+    }
+    let proof = NetworkProof(reader.array().map_err(short)?);
+    let count = usize::from(reader.u8().map_err(short)?);
+    if count > MAX_CANDIDATES {
+        return Err(CheckError::Malformed("too many candidate addresses"));
+    }
+    let mut candidates = Vec::with_capacity(count);
+    for _ in 0..count {
+        let addr = reader
+            .addr()
+            .map_err(|_| CheckError::Malformed("bad candidate address"))?;
+        if addr.port() != 0 && !addr.ip().is_unspecified() {
+            candidates.push(canonical_addr(addr));
+        }
+    }
+    if !reader.is_empty() {
+        return Err(CheckError::Malformed("bytes after the candidates"));
+    }
+    Ok((proof, candidates))
 }
 
 fn is_network_mismatch(error: &ConnectionError) -> bool {
@@ -194,5 +244,38 @@ impl CheckError {
             Self::TimedOut => AttemptFailure::TimedOut,
             Self::Connection(e) => classify(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proof_frames_parse_strictly() {
+        let mut frame = vec![PROOF_VERSION];
+        frame.extend_from_slice(&[7; 32]);
+        frame.push(2);
+        put_addr(&mut frame, &"192.0.2.1:5".parse().unwrap());
+        put_addr(&mut frame, &"192.0.2.2:0".parse().unwrap());
+        let (proof, candidates) = parse_proof_frame(&frame).unwrap();
+        assert_eq!(proof.0, [7; 32]);
+        assert_eq!(
+            candidates,
+            ["192.0.2.1:5".parse().unwrap()],
+            "port 0 left out"
+        );
+        for cut in 0..frame.len() {
+            assert!(parse_proof_frame(&frame[..cut]).is_err(), "cut {cut}");
+        }
+        let mut trailing = frame.clone();
+        trailing.push(0);
+        assert!(parse_proof_frame(&trailing).is_err());
+        let mut old = frame.clone();
+        old[0] = 1;
+        assert!(parse_proof_frame(&old).is_err());
+        let mut too_many = frame[..33].to_vec();
+        too_many.push(MAX_CANDIDATES as u8 + 1);
+        assert!(parse_proof_frame(&too_many).is_err());
     }
 }

@@ -42,9 +42,10 @@ mod sys;
 mod tls;
 mod transport;
 mod udp;
+mod upgrade;
 
-pub use config::EndpointConfig;
-pub use connection::{Connection, Path};
+pub use config::{EndpointConfig, MAX_ANNOUNCED_ADDRS};
+pub use connection::{Connection, Path, PathEvents};
 pub use endpoint::Endpoint;
 pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
 pub use keywire_proto::datagram::ControlKind;

@@ -81,6 +81,16 @@ counters! {
     relayed_inbox_full,
     /// Datagrams quinn sent to a virtual address with no path (dropped).
     send_no_path,
+    /// Path probes sent (requests and responses).
+    probes_sent,
+    /// Path probes received that checked out.
+    probes_accepted,
+    /// Path probes dropped: malformed, forged, replayed, unsolicited, rate-limited or for no connection of ours.
+    probes_refused,
+    /// Relayed connections moved to a direct path.
+    path_upgrades,
+    /// Connections moved back to their relay after the direct path died.
+    path_fallbacks,
 }
 
 impl Metrics {

@@ -311,7 +311,9 @@ fn frame_payload(session: u64, channel: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn connections_through_the_relay_carry_streams_end_to_end() {
     let (gate_node, gate) = gate_with(configured(|c| c.relay_bytes_per_second = 64 << 20)).await;
-    let (alice, bob) = (bind(config()), bind(config()));
+    // Relayed all the way: this test is about the relay (tests/upgrade.rs about going direct).
+    let relay_only = || config().upgrade_to_direct(false);
+    let (alice, bob) = (bind(relay_only()), bind(relay_only()));
     let a = GateClient::register(&alice, &addr_of(&gate_node))
         .await
         .unwrap();

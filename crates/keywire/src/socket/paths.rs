@@ -22,11 +22,13 @@ const VIRTUAL_PREFIX: [u16; 3] = [0xfd6b, 0x7769, 0x7265];
 /// Port of every virtual address; quinn refuses port 0.
 const VIRTUAL_PORT: u16 = 1;
 
-/// Tells a connection's congestion controller that its path changed (see `congestion`).
-#[derive(Debug, Default)]
+/// Tells a connection's congestion controller that its path changed (see `congestion`), and
+/// anyone watching the connection's path ([`crate::Connection::path_events`]).
+#[derive(Debug)]
 pub(crate) struct PathSwitch {
     generation: AtomicU64,
     switched_at: Mutex<Option<Instant>>,
+    route: tokio::sync::watch::Sender<Route>,
 }
 
 impl PathSwitch {
@@ -38,12 +40,29 @@ impl PathSwitch {
         *self.switched_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
-    fn record(&self, now: Instant) {
+    fn new(route: Route) -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            switched_at: Mutex::new(None),
+            route: tokio::sync::watch::Sender::new(route),
+        }
+    }
+
+    fn record(&self, now: Instant, route: Route) {
         *self.switched_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.route.send_replace(route);
+    }
+
+    /// Watches the route: the current one, then every switch.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Route> {
+        self.route.subscribe()
     }
 }
+
+/// Receive-only routes kept per path (earlier routes and addresses the peer proved it sends
+/// from), so that packets still in flight on them are not lost; the oldest goes first.
+const MAX_ALIASES: usize = 8;
 
 /// How datagrams for a virtual address travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +91,8 @@ impl Route {
 #[derive(Debug)]
 struct Path {
     route: Route,
+    /// Other routes whose packets also belong to this path (received, never sent to).
+    aliases: Vec<Route>,
     node: Option<NodeId>,
     switch: Arc<PathSwitch>,
     last_active: Instant,
@@ -82,8 +103,8 @@ struct Tables {
     by_virtual: HashMap<SocketAddr, Path>,
     by_route: HashMap<Route, SocketAddr>,
     by_node: HashMap<NodeId, SocketAddr>,
-    /// Our session at each gate we are registered with.
-    gates: HashMap<SocketAddr, u64>,
+    /// Our session at each gate we are registered with, and our address as it sees us.
+    gates: HashMap<SocketAddr, (u64, SocketAddr)>,
     next_id: u64,
 }
 
@@ -157,7 +178,7 @@ impl PathTable {
         initial: bool,
         now: Instant,
     ) -> Result<SocketAddr, Refusal> {
-        if self.lock().gates.get(&gate) != Some(&session) {
+        if self.lock().gates.get(&gate).map(|g| g.0) != Some(session) {
             return Err(Refusal::NotOurGate);
         }
         self.for_arrival(Route::Relayed { gate, channel }, initial, now)
@@ -212,8 +233,9 @@ impl PathTable {
             v,
             Path {
                 route,
+                aliases: Vec::new(),
                 node: None,
-                switch: Arc::default(),
+                switch: Arc::new(PathSwitch::new(route)),
                 last_active: now,
             },
         );
@@ -232,6 +254,9 @@ impl PathTable {
         let Some(v) = oldest else { return false };
         if let Some(path) = t.by_virtual.remove(&v) {
             t.by_route.remove(&path.route);
+            for alias in &path.aliases {
+                t.by_route.remove(alias);
+            }
             if let Some(node) = path.node {
                 if t.by_node.get(&node) == Some(&v) {
                     t.by_node.remove(&node);
@@ -248,7 +273,7 @@ impl PathTable {
         let route = t.by_virtual.get(virtual_addr)?.route;
         match route {
             Route::Direct(_) => Some((route, None)),
-            Route::Relayed { gate, .. } => Some((route, Some(*t.gates.get(&gate)?))),
+            Route::Relayed { gate, .. } => Some((route, Some(t.gates.get(&gate)?.0))),
         }
     }
 
@@ -265,9 +290,17 @@ impl PathTable {
         self.lock().by_virtual.get(virtual_addr).map(|p| p.route)
     }
 
-    /// Records our session at a gate, so its relay frames are accepted.
-    pub(crate) fn add_gate(&self, gate: SocketAddr, session: u64) {
-        self.lock().gates.insert(gate, session);
+    /// Records our session at a gate (and where it sees us), so its relay frames are accepted.
+    pub(crate) fn add_gate(&self, gate: SocketAddr, session: u64, observed: SocketAddr) {
+        self.lock().gates.insert(gate, (session, observed));
+    }
+
+    /// Our addresses as the gates we use see them (reflexive candidates).
+    pub(crate) fn gate_observed_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.lock().gates.values().map(|g| g.1).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     /// Forgets a gate; its relayed paths can no longer send.
@@ -292,10 +325,9 @@ impl PathTable {
             .map(|p| p.switch.clone())
     }
 
-    /// Moves `virtual_addr` to a new route (a path switch). Returns false if unknown or if the
-    /// route already belongs to another virtual address. The hole-punching layer calls it; until
-    /// it lands, only tests do.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Moves `virtual_addr` to a new route (a path switch); the old route stays a receive-only
+    /// alias, so packets in flight on it still arrive. Returns false if unknown or if the route
+    /// already belongs to another virtual address.
     pub(crate) fn switch(&self, virtual_addr: SocketAddr, route: Route, now: Instant) -> bool {
         let mut t = self.lock();
         if t.by_route.get(&route).is_some_and(|v| *v != virtual_addr) {
@@ -304,17 +336,56 @@ impl PathTable {
         let Some(path) = t.by_virtual.get_mut(&virtual_addr) else {
             return false;
         };
+        if path.route == route {
+            return true;
+        }
         let old = std::mem::replace(&mut path.route, route);
-        path.switch.record(now);
-        t.by_route.remove(&old);
+        path.aliases.retain(|a| *a != route);
+        path.aliases.push(old);
+        let dropped = trim_aliases(&mut path.aliases);
+        path.switch.record(now, route);
+        for alias in dropped {
+            t.by_route.remove(&alias);
+        }
         t.by_route.insert(route, virtual_addr);
         true
+    }
+
+    /// Also accepts `virtual_addr`'s packets arriving over `route` (receive only). False if
+    /// unknown or if the route belongs to another virtual address.
+    pub(crate) fn accept_from(&self, virtual_addr: SocketAddr, route: Route) -> bool {
+        let mut t = self.lock();
+        if let Some(v) = t.by_route.get(&route) {
+            return *v == virtual_addr;
+        }
+        let Some(path) = t.by_virtual.get_mut(&virtual_addr) else {
+            return false;
+        };
+        path.aliases.push(route);
+        let dropped = trim_aliases(&mut path.aliases);
+        for alias in dropped {
+            t.by_route.remove(&alias);
+        }
+        t.by_route.insert(route, virtual_addr);
+        true
+    }
+
+    /// A path's aliases (tests only).
+    #[cfg(test)]
+    fn aliases(&self, virtual_addr: &SocketAddr) -> Vec<Route> {
+        self.lock().by_virtual[virtual_addr].aliases.clone()
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().by_virtual.len()
     }
+}
+
+/// Drops the oldest aliases over [`MAX_ALIASES`]; returns them.
+fn trim_aliases(aliases: &mut Vec<Route>) -> Vec<Route> {
+    let excess = aliases.len().saturating_sub(MAX_ALIASES);
+    aliases.drain(..excess).collect()
 }
 
 #[cfg(test)]
@@ -348,7 +419,7 @@ mod tests {
             table.for_relayed(gate, 5, 1, true, now),
             Err(Refusal::NotOurGate)
         );
-        table.add_gate(gate, 5);
+        table.add_gate(gate, 5, real(70));
         assert_eq!(
             table.for_relayed(gate, 6, 1, true, now),
             Err(Refusal::NotOurGate)
@@ -415,17 +486,39 @@ mod tests {
         let v = table.for_dial(real(1), now).unwrap();
         let signal = table.switch_signal(&v).unwrap();
         assert_eq!(signal.generation(), 0);
+        let mut watch = signal.subscribe();
         assert!(table.switch(v, Route::Direct(real(9)), now));
         assert_eq!(table.real_for(&v), Some(real(9)));
         assert_eq!(table.for_source(real(9), false, now), Ok(v));
         assert_eq!(
             table.for_source(real(1), false, now),
-            Err(Refusal::NotInitial)
+            Ok(v),
+            "the old route still receives"
         );
+        assert_eq!(table.aliases(&v), [Route::Direct(real(1))]);
         assert_eq!(signal.generation(), 1);
         assert_eq!(signal.switched_at(), Some(now));
-        // A real address already in use elsewhere cannot be taken over.
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), Route::Direct(real(9)));
+        // Switching back makes the alias the route again, and no duplicate alias remains.
+        assert!(table.switch(v, Route::Direct(real(1)), now));
+        assert_eq!(table.aliases(&v), [Route::Direct(real(9))]);
+        // Receive-only aliases are bounded; the oldest goes.
+        for port in 100..100 + MAX_ALIASES as u16 + 2 {
+            assert!(table.accept_from(v, Route::Direct(real(port))));
+        }
+        assert_eq!(table.aliases(&v).len(), MAX_ALIASES);
+        assert_eq!(
+            table.for_source(real(100), false, now),
+            Err(Refusal::NotInitial)
+        );
+        assert_eq!(
+            table.for_source(real(101 + MAX_ALIASES as u16), false, now),
+            Ok(v)
+        );
+        // A real address in use by another path (here as an alias) cannot be taken over.
         let w = table.for_dial(real(5), now).unwrap();
-        assert!(!table.switch(w, Route::Direct(real(9)), now));
+        assert!(!table.switch(w, Route::Direct(real(101 + MAX_ALIASES as u16)), now));
+        assert!(!table.accept_from(w, Route::Direct(real(1))));
     }
 }

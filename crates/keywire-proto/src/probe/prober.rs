@@ -1,0 +1,506 @@
+//! The probing state machine of one connection, without I/O: which probes to send when, and
+//! when to move the connection to a direct path or back to its relay.
+//!
+//! It starts *searching*: every candidate address of the peer gets a request each round, fast at
+//! first, then slowly, then not at all (every loop here is bounded). The first valid response
+//! makes the responding address the *direct* path. While direct, a keep-alive request goes out
+//! every `keepalive_interval`; when no response came for `dead_after`, the connection falls back
+//! to the relay and searching starts again.
+//!
+//! A valid request from the peer is answered (once per nonce, at most `max_responses_per_second`)
+//! and, while searching, makes its source a candidate probed at once: the peer has just shown the
+//! way, so a punched hole is used within one round trip.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::{Probe, ProbeError, ProbeKeys};
+use crate::network_id::Role;
+use crate::ticket::canonical_addr;
+
+/// Timing and bounds of a [`Prober`].
+#[derive(Debug, Clone)]
+pub struct ProberConfig {
+    /// Between the fast search rounds.
+    pub fast_interval: Duration,
+    /// How many fast rounds.
+    pub fast_rounds: u32,
+    /// Between the slow rounds that follow.
+    pub slow_interval: Duration,
+    /// How many slow rounds; then searching stops until [`Prober::restart`].
+    pub slow_rounds: u32,
+    /// Between keep-alive requests on the direct path.
+    pub keepalive_interval: Duration,
+    /// A direct path with no valid response for this long is dead.
+    pub dead_after: Duration,
+    /// Candidates kept (the peer's, then sources of its requests).
+    pub max_candidates: usize,
+    /// Requests awaiting a response; the oldest is forgotten first.
+    pub max_outstanding: usize,
+    /// Responses sent per second at most (replayed or flooded requests get no more).
+    pub max_responses_per_second: u32,
+}
+
+impl Default for ProberConfig {
+    fn default() -> Self {
+        Self {
+            fast_interval: Duration::from_millis(200),
+            fast_rounds: 25,
+            slow_interval: Duration::from_secs(5),
+            slow_rounds: 60,
+            keepalive_interval: Duration::from_millis(500),
+            dead_after: Duration::from_millis(2000),
+            max_candidates: 8,
+            max_outstanding: 64,
+            max_responses_per_second: 50,
+        }
+    }
+}
+
+/// What the driver should do with the connection's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send to the peer directly at this address.
+    UseDirect(SocketAddr),
+    /// The direct path died: send through the relay again.
+    UseRelay,
+    /// The peer proved it sends from this address: accept the connection's packets from it.
+    AcceptFrom(SocketAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Searching {
+        round: u32,
+        next_at: Instant,
+    },
+    Direct {
+        addr: SocketAddr,
+        last_ok: Instant,
+        next_keepalive: Instant,
+    },
+    /// Searched everything, found nothing; waiting for [`Prober::restart`].
+    Idle,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Prober {
+    keys: ProbeKeys,
+    role: Role,
+    config: ProberConfig,
+    candidates: Vec<SocketAddr>,
+    outstanding: VecDeque<([u8; 16], SocketAddr)>,
+    answered: VecDeque<[u8; 16]>,
+    accepted_from: Vec<SocketAddr>,
+    responses: (Instant, u32),
+    state: State,
+    observed: Option<SocketAddr>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    decisions: VecDeque<Decision>,
+    rng: ChaCha20Rng,
+}
+
+impl Prober {
+    /// Starts searching the peer's `candidates` at `now`. `seed` feeds the nonces.
+    pub fn new(
+        keys: ProbeKeys,
+        role: Role,
+        config: ProberConfig,
+        candidates: &[SocketAddr],
+        now: Instant,
+        seed: [u8; 32],
+    ) -> Self {
+        let mut prober = Self {
+            keys,
+            role,
+            candidates: Vec::new(),
+            outstanding: VecDeque::new(),
+            answered: VecDeque::new(),
+            accepted_from: Vec::new(),
+            responses: (now, 0),
+            state: State::Searching {
+                round: 0,
+                next_at: now,
+            },
+            observed: None,
+            transmits: VecDeque::new(),
+            decisions: VecDeque::new(),
+            rng: ChaCha20Rng::from_seed(seed),
+            config,
+        };
+        for candidate in candidates {
+            prober.add_candidate(*candidate);
+        }
+        prober
+    }
+
+    /// Adds a candidate address of the peer (ignored when known or when full).
+    pub fn add_candidate(&mut self, addr: SocketAddr) -> bool {
+        let addr = canonical_addr(addr);
+        if addr.port() == 0
+            || addr.ip().is_unspecified()
+            || self.candidates.contains(&addr)
+            || self.candidates.len() >= self.config.max_candidates
+        {
+            return false;
+        }
+        self.candidates.push(addr);
+        true
+    }
+
+    /// Searches again from the first fast round (e.g. after new candidates arrived).
+    pub fn restart(&mut self, now: Instant) {
+        if !matches!(self.state, State::Direct { .. }) {
+            self.state = State::Searching {
+                round: 0,
+                next_at: now,
+            };
+        }
+    }
+
+    /// The direct path in use, if any.
+    pub fn direct(&self) -> Option<SocketAddr> {
+        match self.state {
+            State::Direct { addr, .. } => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// Our own address as the peer last saw it (from a response).
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.observed
+    }
+
+    /// The candidates being probed.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+
+    /// When [`Prober::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Searching { next_at, .. } => Some(next_at),
+            State::Direct {
+                last_ok,
+                next_keepalive,
+                ..
+            } => Some(next_keepalive.min(last_ok + self.config.dead_after)),
+            State::Idle => None,
+        }
+    }
+
+    /// The next probe to send: (destination, control-packet payload).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next path decision for the driver.
+    pub fn poll_decision(&mut self) -> Option<Decision> {
+        self.decisions.pop_front()
+    }
+
+    /// Sends what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Searching { round, next_at } if now >= next_at => {
+                for addr in self.candidates.clone() {
+                    self.send_request(addr);
+                }
+                let round = round + 1;
+                let c = &self.config;
+                self.state = if round < c.fast_rounds {
+                    State::Searching {
+                        round,
+                        next_at: now + c.fast_interval,
+                    }
+                } else if round < c.fast_rounds + c.slow_rounds {
+                    State::Searching {
+                        round,
+                        next_at: now + c.slow_interval,
+                    }
+                } else {
+                    State::Idle
+                };
+            }
+            State::Direct { last_ok, .. }
+                if now.saturating_duration_since(last_ok) >= self.config.dead_after =>
+            {
+                self.decisions.push_back(Decision::UseRelay);
+                self.state = State::Searching {
+                    round: 0,
+                    next_at: now,
+                };
+                self.handle_timeout(now);
+            }
+            State::Direct {
+                addr,
+                last_ok,
+                next_keepalive,
+            } if now >= next_keepalive => {
+                self.send_request(addr);
+                self.state = State::Direct {
+                    addr,
+                    last_ok,
+                    next_keepalive: now + self.config.keepalive_interval,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles a probe payload that came from `from` with this connection's tag.
+    pub fn handle(
+        &mut self,
+        from: SocketAddr,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ProbeError> {
+        let from = canonical_addr(from);
+        match self.keys.open(payload, self.role)? {
+            Probe::Request { nonce } => self.on_request(from, nonce, now),
+            Probe::Response { nonce, observed } => self.on_response(from, nonce, observed, now),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        from: SocketAddr,
+        nonce: [u8; 16],
+        now: Instant,
+    ) -> Result<(), ProbeError> {
+        if self.answered.contains(&nonce) {
+            return Err(ProbeError::Replayed);
+        }
+        let (window_start, sent) = &mut self.responses;
+        if now.saturating_duration_since(*window_start) >= Duration::from_secs(1) {
+            *window_start = now;
+            *sent = 0;
+        }
+        if *sent >= self.config.max_responses_per_second {
+            return Err(ProbeError::RateLimited);
+        }
+        *sent += 1;
+        if self.answered.len() >= self.config.max_outstanding {
+            self.answered.pop_front();
+        }
+        self.answered.push_back(nonce);
+        let response = self.keys.response(self.role, nonce, from);
+        self.transmits.push_back((from, response));
+        if !self.accepted_from.contains(&from) && self.accepted_from.len() < 2 * 8 {
+            self.accepted_from.push(from);
+            self.decisions.push_back(Decision::AcceptFrom(from));
+        }
+        if matches!(self.state, State::Searching { .. } | State::Idle) {
+            // A triggered check: the peer's request just came through from `from`.
+            self.add_candidate(from);
+            self.send_request(from);
+        }
+        Ok(())
+    }
+
+    fn on_response(
+        &mut self,
+        from: SocketAddr,
+        nonce: [u8; 16],
+        observed: SocketAddr,
+        now: Instant,
+    ) -> Result<(), ProbeError> {
+        let Some(index) = self
+            .outstanding
+            .iter()
+            .position(|(n, to)| *n == nonce && *to == from)
+        else {
+            return Err(ProbeError::Unsolicited);
+        };
+        self.outstanding.remove(index);
+        self.observed = Some(canonical_addr(observed));
+        match self.state {
+            State::Direct {
+                addr,
+                next_keepalive,
+                ..
+            } if addr == from => {
+                self.state = State::Direct {
+                    addr,
+                    last_ok: now,
+                    next_keepalive,
+                };
+            }
+            State::Direct { .. } => {}
+            State::Searching { .. } | State::Idle => {
+                self.state = State::Direct {
+                    addr: from,
+                    last_ok: now,
+                    next_keepalive: now + self.config.keepalive_interval,
+                };
+                self.decisions.push_back(Decision::UseDirect(from));
+            }
+        }
+        Ok(())
+    }
+
+    fn send_request(&mut self, to: SocketAddr) {
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        if self.outstanding.len() >= self.config.max_outstanding {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back((nonce, to));
+        self.transmits
+            .push_back((to, self.keys.request(self.role, nonce)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Role = Role::Dialer;
+    const B: Role = Role::Acceptor;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::new([192, 0, 2, 1].into(), port)
+    }
+
+    fn pair(
+        now: Instant,
+        a_candidates: &[SocketAddr],
+        b_candidates: &[SocketAddr],
+    ) -> (Prober, Prober) {
+        let keys = ProbeKeys::from_exported([9; 32]);
+        let config = ProberConfig::default();
+        (
+            Prober::new(keys.clone(), A, config.clone(), a_candidates, now, [1; 32]),
+            Prober::new(keys, B, config, b_candidates, now, [2; 32]),
+        )
+    }
+
+    fn drain(p: &mut Prober) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| p.poll_transmit()).collect()
+    }
+
+    fn decisions(p: &mut Prober) -> Vec<Decision> {
+        std::iter::from_fn(|| p.poll_decision()).collect()
+    }
+
+    #[test]
+    fn a_working_candidate_becomes_the_direct_path_on_both_sides() {
+        let t0 = Instant::now();
+        // A is at 1, B at 2; A also has a dead candidate 3 for B.
+        let (mut a, mut b) = pair(t0, &[addr(3), addr(2)], &[addr(1)]);
+        a.handle_timeout(t0);
+        let sent = drain(&mut a);
+        assert_eq!(
+            sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+            [addr(3), addr(2)]
+        );
+        // B receives A's request to 2 from 1; answers to 1 and checks 1 itself at once.
+        b.handle(addr(1), &sent[1].1, t0).unwrap();
+        assert_eq!(decisions(&mut b), [Decision::AcceptFrom(addr(1))]);
+        let from_b = drain(&mut b);
+        assert_eq!(from_b.len(), 2);
+        assert!(from_b.iter().all(|(to, _)| *to == addr(1)));
+        // A gets the response (from 2) and B's own request.
+        a.handle(addr(2), &from_b[0].1, t0).unwrap();
+        assert_eq!(a.direct(), Some(addr(2)));
+        assert_eq!(a.observed(), Some(addr(1)));
+        a.handle(addr(2), &from_b[1].1, t0).unwrap();
+        assert_eq!(
+            decisions(&mut a),
+            [Decision::UseDirect(addr(2)), Decision::AcceptFrom(addr(2))]
+        );
+        let answer = drain(&mut a);
+        assert_eq!(
+            answer.len(),
+            1,
+            "direct already: answer only, no triggered check"
+        );
+        b.handle(addr(2 - 1), &answer[0].1, t0).unwrap();
+        assert_eq!(b.direct(), Some(addr(1)));
+        assert_eq!(decisions(&mut b), [Decision::UseDirect(addr(1))]);
+    }
+
+    #[test]
+    fn replays_and_unsolicited_responses_validate_nothing() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0, &[addr(2)], &[]);
+        a.handle_timeout(t0);
+        let request = drain(&mut a).remove(0).1;
+        b.handle(addr(1), &request, t0).unwrap();
+        let response = drain(&mut b).remove(0).1;
+        // The same request again, even from elsewhere: refused.
+        assert_eq!(b.handle(addr(66), &request, t0), Err(ProbeError::Replayed));
+        // The response replayed from another address than the request went to: nothing.
+        assert_eq!(
+            a.handle(addr(66), &response, t0),
+            Err(ProbeError::Unsolicited)
+        );
+        assert_eq!(a.direct(), None);
+        a.handle(addr(2), &response, t0).unwrap();
+        assert_eq!(a.direct(), Some(addr(2)));
+        // Each response counts once.
+        assert_eq!(
+            a.handle(addr(2), &response, t0),
+            Err(ProbeError::Unsolicited)
+        );
+    }
+
+    #[test]
+    fn a_dead_direct_path_falls_back_to_the_relay_in_time() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0, &[addr(2)], &[]);
+        a.handle_timeout(t0);
+        let request = drain(&mut a).remove(0).1;
+        b.handle(addr(1), &request, t0).unwrap();
+        a.handle(addr(2), &drain(&mut b)[0].1, t0).unwrap();
+        assert_eq!(decisions(&mut a), [Decision::UseDirect(addr(2))]);
+        // From now on nothing comes back. Step through time as a driver would.
+        let mut now = t0;
+        let mut keepalives = 0;
+        while a.direct().is_some() {
+            now = a.poll_timeout().expect("a direct path has timers");
+            a.handle_timeout(now);
+            keepalives += drain(&mut a).len();
+            assert!(
+                now - t0 < Duration::from_secs(3),
+                "still direct at {:?}",
+                now - t0
+            );
+        }
+        assert_eq!(decisions(&mut a), [Decision::UseRelay]);
+        assert!(now - t0 >= ProberConfig::default().dead_after);
+        assert!(keepalives >= 3, "{keepalives} probes went out");
+    }
+
+    #[test]
+    fn searching_is_bounded_in_rounds_and_responses_in_rate() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0, &[addr(2)], &[]);
+        let mut now = t0;
+        let mut sent = 0;
+        while let Some(at) = a.poll_timeout() {
+            now = at;
+            a.handle_timeout(now);
+            sent += drain(&mut a).len();
+        }
+        let c = ProberConfig::default();
+        assert_eq!(sent as u32, c.fast_rounds + c.slow_rounds);
+        assert!(now - t0 < Duration::from_secs(600));
+        // A flood of distinct valid requests within one second gets a bounded number of answers.
+        let keys = ProbeKeys::from_exported([9; 32]);
+        let mut answered = 0;
+        for i in 0..200u8 {
+            let request = keys.request(A, [i; 16]);
+            if b.handle(addr(1), &request, t0).is_ok() {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, c.max_responses_per_second);
+        assert!(b.candidates().len() <= c.max_candidates);
+    }
+}

@@ -1,0 +1,232 @@
+//! Relayed connections moving to a direct path and back, on real sockets: streams carry on
+//! across every switch, and the path is read from the API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use keywire::gate::{Gate, GateClient, GateConfig};
+use keywire::{Connection, Endpoint, Path};
+use tokio::net::UdpSocket;
+
+async fn gate_at(bind_addr: &str) -> (Endpoint, Gate) {
+    let endpoint = bind(config().bind_addr(bind_addr.parse().unwrap()));
+    let mut gate_config = GateConfig::default();
+    gate_config.relay_bytes_per_second = 64 << 20;
+    let gate = Gate::spawn(&endpoint, gate_config)
+        .await
+        .expect("gate starts");
+    (endpoint, gate)
+}
+
+/// Sends `blocks` MiB on a uni stream; the receiving side returns (bytes, digest).
+async fn transfer(
+    sender: &Connection,
+    receiver: Connection,
+    blocks: usize,
+) -> ((usize, blake3::Hash), blake3::Hash) {
+    let receiving = tokio::spawn(async move {
+        let mut recv = receiver.accept_uni().await.unwrap();
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0;
+        while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
+            hasher.update(&chunk.bytes);
+            total += chunk.bytes.len();
+        }
+        (total, hasher.finalize())
+    });
+    let mut send = sender.open_uni().await.unwrap();
+    let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut expected = blake3::Hasher::new();
+    for _ in 0..blocks {
+        expected.update(&block);
+        send.write_all(&block).await.unwrap();
+        // Spread the transfer over time, so path switches happen in the middle of it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send.finish().unwrap();
+    let got = within(60, "transfer", receiving).await.unwrap();
+    (got, expected.finalize())
+}
+
+#[tokio::test]
+async fn a_relayed_connection_goes_direct_and_the_stream_never_notices() {
+    let (gate_node, gate) = gate_at("127.0.0.1:0").await;
+    let (alice, bob) = (bind(config()), bind(config()));
+    let a = GateClient::register(&alice, &addr_of(&gate_node))
+        .await
+        .unwrap();
+    let b = GateClient::register(&bob, &addr_of(&gate_node))
+        .await
+        .unwrap();
+    bob.use_gate(&b);
+    let accepting = tokio::spawn({
+        let bob = bob.clone();
+        async move { bob.accept().await.unwrap() }
+    });
+    let started = Instant::now();
+    let conn = within(
+        10,
+        "relayed connect",
+        alice.connect_via(bob.node_id(), ALPN, &a),
+    )
+    .await
+    .unwrap();
+    let mut events = conn.path_events();
+    let bob_conn = within(10, "accept", accepting).await.unwrap();
+    assert_eq!(conn.peer_candidates(), [bob.local_addr().unwrap()]);
+    assert_eq!(bob_conn.peer_candidates(), [alice.local_addr().unwrap()]);
+
+    let relayed_before = gate.metrics().bytes_relayed;
+    let transferring = {
+        let conn = conn.clone();
+        tokio::spawn(async move { transfer(&conn, bob_conn, 16).await })
+    };
+    // The first change is the upgrade to bob's address, well within a second on loopback.
+    let path = within(5, "the switch to direct", events.next()).await;
+    let to_direct = started.elapsed();
+    assert_eq!(path, Some(Path::Direct(bob.local_addr().unwrap())));
+    assert_eq!(conn.path(), Path::Direct(bob.local_addr().unwrap()));
+    let ((total, digest), expected) = transferring.await.unwrap();
+    assert_eq!(
+        (total, digest),
+        (16 << 20, expected),
+        "byte-identical across the switch"
+    );
+    let relayed = gate.metrics().bytes_relayed - relayed_before;
+    assert!(
+        relayed < 4 << 20,
+        "most of the 16 MiB went direct, yet the gate relayed {relayed} bytes"
+    );
+    let m = alice.metrics();
+    assert_eq!((m.path_upgrades, m.path_fallbacks), (1, 0), "{m:?}");
+    assert!(m.probes_sent > 0 && m.probes_accepted > 0);
+    assert_eq!(bob.metrics().path_upgrades, 1);
+    println!("relayed start to direct in {to_direct:?}");
+}
+
+/// A UDP forwarder between one client and a target set once, that can be cut.
+struct Forwarder {
+    front: SocketAddr,
+    target: Arc<std::sync::OnceLock<SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(front_bind: &str, back_bind: &str) -> Self {
+        let target = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+        let target_for_task = target.clone();
+        let front = Arc::new(UdpSocket::bind(front_bind).await.unwrap());
+        let back = Arc::new(UdpSocket::bind(back_bind).await.unwrap());
+        let front_addr = front.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let client = Arc::new(tokio::sync::Mutex::new(None::<SocketAddr>));
+            let inbound = {
+                let (front, back, client) = (front.clone(), back.clone(), client.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                        *client.lock().await = Some(from);
+                        if let Some(target) = target_for_task.get() {
+                            let _ = back.send_to(&buf[..n], *target).await;
+                        }
+                    }
+                }
+            };
+            let outbound = async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                    if let Some(to) = *client.lock().await {
+                        let _ = front.send_to(&buf[..n], to).await;
+                    }
+                }
+            };
+            tokio::join!(inbound, outbound);
+        });
+        Self {
+            front: front_addr,
+            target,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn when_the_direct_path_dies_the_relay_takes_over_within_3_s() {
+    // Alice speaks only IPv4 and Bob only IPv6, so the one direct path between them is a
+    // forwarder Bob announces; the dual-stack gate reaches both. Cutting the forwarder kills
+    // the direct path and nothing else.
+    let (gate_node, gate) = gate_at("[::]:0").await;
+    let gate_port = gate_node.local_addr().unwrap().port();
+    let forwarder = Forwarder::start("127.0.0.1:0", "[::1]:0").await;
+    let bob = bind(
+        config()
+            .bind_addr("[::1]:0".parse().unwrap())
+            .announce(forwarder.front),
+    );
+    forwarder.target.set(bob.local_addr().unwrap()).unwrap();
+    let alice = bind(config());
+    let gate_v4 = at(&gate_node, SocketAddr::from(([127, 0, 0, 1], gate_port)));
+    let gate_v6 = at(
+        &gate_node,
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, gate_port)),
+    );
+    let a = GateClient::register(&alice, &gate_v4).await.unwrap();
+    let b = GateClient::register(&bob, &gate_v6).await.unwrap();
+    bob.use_gate(&b);
+    let accepting = tokio::spawn({
+        let bob = bob.clone();
+        async move { bob.accept().await.unwrap() }
+    });
+    let conn = within(
+        10,
+        "relayed connect",
+        alice.connect_via(bob.node_id(), ALPN, &a),
+    )
+    .await
+    .unwrap();
+    let mut events = conn.path_events();
+    let bob_conn = within(10, "accept", accepting).await.unwrap();
+    let path = within(5, "the switch to direct", events.next()).await;
+    assert_eq!(path, Some(Path::Direct(forwarder.front)));
+
+    let transferring = {
+        let conn = conn.clone();
+        tokio::spawn(async move { transfer(&conn, bob_conn, 40).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    forwarder.cut();
+    let cut_at = Instant::now();
+    let path = within(10, "the fall back to the relay", events.next()).await;
+    let fallback = cut_at.elapsed();
+    assert_eq!(
+        path,
+        Some(Path::Relayed {
+            gate: a.gate_addr()
+        })
+    );
+    assert!(
+        fallback <= Duration::from_secs(3),
+        "the relay took over {fallback:?} after the cut"
+    );
+    let ((total, digest), expected) = transferring.await.unwrap();
+    assert_eq!(
+        (total, digest),
+        (40 << 20, expected),
+        "byte-identical across both switches"
+    );
+    assert!(
+        gate.metrics().bytes_relayed > 1 << 20,
+        "the rest went through the gate"
+    );
+    let m = alice.metrics();
+    assert_eq!((m.path_upgrades, m.path_fallbacks), (1, 1), "{m:?}");
+    println!("relay took over {fallback:?} after the cut");
+}
