@@ -100,6 +100,8 @@ pub struct Prober {
     responses: (Instant, u32),
     state: State,
     observed: Option<SocketAddr>,
+    /// Where the peer's latest valid request came from.
+    peer_sends_from: Option<SocketAddr>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     decisions: VecDeque<Decision>,
     rng: ChaCha20Rng,
@@ -128,6 +130,7 @@ impl Prober {
                 next_at: now,
             },
             observed: None,
+            peer_sends_from: None,
             transmits: VecDeque::new(),
             decisions: VecDeque::new(),
             rng: ChaCha20Rng::from_seed(seed),
@@ -295,10 +298,17 @@ impl Prober {
             self.accepted_from.push(from);
             self.decisions.push_back(Decision::AcceptFrom(from));
         }
-        if matches!(self.state, State::Searching { .. } | State::Idle) {
-            // A triggered check: the peer's request just came through from `from`.
-            self.add_candidate(from);
-            self.send_request(from);
+        self.peer_sends_from = Some(from);
+        match self.state {
+            State::Searching { .. } | State::Idle => {
+                // A triggered check: the peer's request just came through from `from`.
+                self.add_candidate(from);
+                self.send_request(from);
+            }
+            // The peer sends from somewhere new while we send to `addr`: its NAT may have
+            // rebound. Check the new address; the response decides (see `on_response`).
+            State::Direct { addr, .. } if addr != from => self.send_request(from),
+            State::Direct { .. } => {}
         }
         Ok(())
     }
@@ -331,17 +341,23 @@ impl Prober {
                     next_keepalive,
                 };
             }
-            State::Direct { .. } => {}
-            State::Searching { .. } | State::Idle => {
-                self.state = State::Direct {
-                    addr: from,
-                    last_ok: now,
-                    next_keepalive: now + self.config.keepalive_interval,
-                };
-                self.decisions.push_back(Decision::UseDirect(from));
+            // Rebinding: the peer now sends from `from`, and `from` answered a probe of ours.
+            State::Direct { .. } if self.peer_sends_from == Some(from) => {
+                self.switch_to(from, now);
             }
+            State::Direct { .. } => {}
+            State::Searching { .. } | State::Idle => self.switch_to(from, now),
         }
         Ok(())
+    }
+
+    fn switch_to(&mut self, addr: SocketAddr, now: Instant) {
+        self.state = State::Direct {
+            addr,
+            last_ok: now,
+            next_keepalive: now + self.config.keepalive_interval,
+        };
+        self.decisions.push_back(Decision::UseDirect(addr));
     }
 
     fn send_request(&mut self, to: SocketAddr) {
@@ -423,6 +439,42 @@ mod tests {
         b.handle(addr(2 - 1), &answer[0].1, t0).unwrap();
         assert_eq!(b.direct(), Some(addr(1)));
         assert_eq!(decisions(&mut b), [Decision::UseDirect(addr(1))]);
+    }
+
+    #[test]
+    fn a_rebound_peer_is_followed_only_after_its_new_address_answers() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0, &[addr(2)], &[]);
+        a.handle_timeout(t0);
+        b.handle(addr(1), &drain(&mut a)[0].1, t0).unwrap();
+        a.handle(addr(2), &drain(&mut b)[0].1, t0).unwrap();
+        decisions(&mut a);
+        assert_eq!(a.direct(), Some(addr(2)));
+        // B's NAT rebinds: B's keep-alive request now arrives from 22.
+        let keys = ProbeKeys::from_exported([9; 32]);
+        a.handle(addr(22), &keys.request(B, [5; 16]), t0).unwrap();
+        assert_eq!(a.direct(), Some(addr(2)), "a request alone moves nothing");
+        let sent = drain(&mut a);
+        assert_eq!(
+            sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+            [addr(22), addr(22)],
+            "the answer, and a check of the new address"
+        );
+        // A forged response from 22 does nothing; B's real one (nonce echoed) moves A.
+        assert!(a
+            .handle(addr(22), &keys.response(B, [0; 16], addr(1)), t0)
+            .is_err());
+        b.handle(addr(1), &sent[1].1, t0).unwrap();
+        let answer = drain(&mut b).remove(0).1;
+        a.handle(addr(22), &answer, t0).unwrap();
+        assert_eq!(a.direct(), Some(addr(22)));
+        assert_eq!(
+            decisions(&mut a),
+            [
+                Decision::AcceptFrom(addr(22)),
+                Decision::UseDirect(addr(22))
+            ]
+        );
     }
 
     #[test]
