@@ -12,6 +12,17 @@
 //! address: 0x04 | IPv4 (4) | port (2)    or    0x06 | IPv6 (16) | port (2)
 //! ```
 //!
+//! Version 2 adds the gates the node is registered with (written only when there are any, so a
+//! ticket without gates stays version 1 and readable by older keywire):
+//!
+//! ```text
+//! | 0x02 | node id (32) | count n | n addresses | gate count g | g gates |
+//! gate: gate node id (32) | count m (1..=4) | m addresses
+//! ```
+//!
+//! A version 2 ticket may carry no direct address (a node behind a NAT is reached through its
+//! gates), but then it carries at least one gate.
+//!
 //! A ticket never carries an unspecified address (`0.0.0.0`, `::`) or port 0: such an address
 //! names no reachable place, and dialing it would reach whatever happens to listen locally.
 
@@ -25,6 +36,11 @@ use crate::wire::{put_addr, Reader, WireError};
 
 const TICKET_PREFIX: &str = "kwt";
 const VERSION_1: u8 = 1;
+const VERSION_2: u8 = 2;
+/// Most gates a ticket may carry.
+pub const MAX_TICKET_GATES: usize = 4;
+/// Most addresses per gate in a ticket.
+pub const MAX_GATE_ADDRS: usize = 4;
 /// Most addresses a ticket may carry; keeps tickets short enough to paste.
 pub const MAX_TICKET_ADDRS: usize = 16;
 
@@ -67,8 +83,10 @@ pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
 /// A dialable ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    /// The node and where to reach it.
+    /// The node and where to reach it directly.
     pub node: NodeAddr,
+    /// Gates the node is registered with, to reach it through when no direct address works.
+    pub gates: Vec<NodeAddr>,
 }
 
 /// Why a ticket was refused.
@@ -79,7 +97,9 @@ pub enum TicketError {
     #[error("invalid ticket: {0}")]
     Text(#[from] CheckedTextError),
     /// The ticket was made by a newer keywire.
-    #[error("unsupported ticket version {0} (this keywire reads version 1); upgrade keywire")]
+    #[error(
+        "unsupported ticket version {0} (this keywire reads versions 1 and 2); upgrade keywire"
+    )]
     UnsupportedVersion(u8),
     /// The payload ended early or carried extra bytes.
     #[error("invalid ticket: {0}")]
@@ -96,6 +116,9 @@ pub enum TicketError {
     /// More addresses than a ticket may carry.
     #[error("invalid ticket: {0} addresses, at most {MAX_TICKET_ADDRS} allowed")]
     TooManyAddresses(usize),
+    /// More gates than a ticket may carry, or a gate with no or too many addresses.
+    #[error("invalid ticket: {0}")]
+    BadGates(&'static str),
 }
 
 fn check_dialable(addr: SocketAddr) -> Result<(), TicketError> {
@@ -108,26 +131,52 @@ fn check_dialable(addr: SocketAddr) -> Result<(), TicketError> {
 impl Ticket {
     /// Makes a ticket, refusing undialable or too many addresses.
     pub fn new(node: NodeAddr) -> Result<Self, TicketError> {
-        if node.direct_addrs.is_empty() {
+        Self::with_gates(node, Vec::new())
+    }
+
+    /// Makes a ticket that also names the gates the node is registered with.
+    pub fn with_gates(node: NodeAddr, gates: Vec<NodeAddr>) -> Result<Self, TicketError> {
+        if node.direct_addrs.is_empty() && gates.is_empty() {
             return Err(TicketError::NoAddress);
         }
         if node.direct_addrs.len() > MAX_TICKET_ADDRS {
             return Err(TicketError::TooManyAddresses(node.direct_addrs.len()));
         }
-        for addr in &node.direct_addrs {
+        if gates.len() > MAX_TICKET_GATES {
+            return Err(TicketError::BadGates("more than 4 gates"));
+        }
+        for gate in &gates {
+            if gate.direct_addrs.is_empty() || gate.direct_addrs.len() > MAX_GATE_ADDRS {
+                return Err(TicketError::BadGates("a gate needs 1 to 4 addresses"));
+            }
+            if gate.node_id == node.node_id {
+                return Err(TicketError::BadGates("a node cannot be its own gate"));
+            }
+        }
+        for addr in node
+            .direct_addrs
+            .iter()
+            .chain(gates.iter().flat_map(|g| &g.direct_addrs))
+        {
             check_dialable(*addr)?;
         }
-        Ok(Self { node })
+        Ok(Self { node, gates })
     }
 
-    /// The binary payload (version 1).
+    /// The binary payload: version 1 without gates, version 2 with.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(34 + 19 * self.node.direct_addrs.len());
-        out.push(VERSION_1);
-        out.extend_from_slice(self.node.node_id.as_bytes());
-        out.push(self.node.direct_addrs.len() as u8);
-        for addr in &self.node.direct_addrs {
-            put_addr(&mut out, addr);
+        let mut out = Vec::with_capacity(35 + 19 * self.node.direct_addrs.len());
+        out.push(if self.gates.is_empty() {
+            VERSION_1
+        } else {
+            VERSION_2
+        });
+        put_node_addr(&mut out, &self.node);
+        if !self.gates.is_empty() {
+            out.push(self.gates.len() as u8);
+            for gate in &self.gates {
+                put_node_addr(&mut out, gate);
+            }
         }
         out
     }
@@ -136,24 +185,53 @@ impl Ticket {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TicketError> {
         let mut input = Reader(bytes);
         let version = input.u8()?;
-        if version != VERSION_1 {
+        if version != VERSION_1 && version != VERSION_2 {
             return Err(TicketError::UnsupportedVersion(version));
         }
-        let node_id = NodeId::from_bytes(input.array::<32>()?)?;
-        let count = input.u8()? as usize;
-        if count > MAX_TICKET_ADDRS {
-            return Err(TicketError::TooManyAddresses(count));
-        }
-        let mut addrs = Vec::with_capacity(count);
-        for _ in 0..count {
-            addrs.push(input.addr()?);
+        let node = read_node_addr(&mut input, MAX_TICKET_ADDRS)?;
+        let mut gates = Vec::new();
+        if version == VERSION_2 {
+            let count = usize::from(input.u8()?);
+            if count == 0 || count > MAX_TICKET_GATES {
+                return Err(TicketError::BadGates(
+                    "a version 2 ticket carries 1 to 4 gates",
+                ));
+            }
+            for _ in 0..count {
+                gates.push(read_node_addr(&mut input, MAX_GATE_ADDRS)?);
+            }
         }
         if !input.is_empty() {
             return Err(TicketError::Malformed("trailing bytes"));
         }
-        let node = NodeAddr::new(node_id, addrs);
-        Self::new(node)
+        Self::with_gates(node, gates)
     }
+}
+
+fn put_node_addr(out: &mut Vec<u8>, node: &NodeAddr) {
+    out.extend_from_slice(node.node_id.as_bytes());
+    out.push(node.direct_addrs.len() as u8);
+    for addr in &node.direct_addrs {
+        put_addr(out, addr);
+    }
+}
+
+fn read_node_addr(input: &mut Reader<'_>, max_addrs: usize) -> Result<NodeAddr, TicketError> {
+    let node_id = NodeId::from_bytes(input.array::<32>()?)?;
+    let count = usize::from(input.u8()?);
+    if count > max_addrs {
+        return Err(TicketError::TooManyAddresses(count));
+    }
+    let mut addrs = Vec::with_capacity(count);
+    for _ in 0..count {
+        addrs.push(input.addr()?);
+    }
+    let node = NodeAddr::new(node_id, addrs);
+    if node.direct_addrs.len() != count {
+        // The same address twice (or in two spellings): one ticket has one encoding.
+        return Err(TicketError::Malformed("duplicate address"));
+    }
+    Ok(node)
 }
 
 impl From<WireError> for TicketError {
@@ -230,10 +308,10 @@ mod tests {
 
         let good = Ticket::new(NodeAddr::new(id, ["10.0.0.1:9".parse().unwrap()])).unwrap();
         let mut bytes = good.to_bytes();
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert_eq!(
             Ticket::from_bytes(&bytes),
-            Err(TicketError::UnsupportedVersion(2))
+            Err(TicketError::UnsupportedVersion(3))
         );
         let mut bytes = good.to_bytes();
         bytes.push(0);
@@ -252,6 +330,44 @@ mod tests {
                 .contains("expected text starting with \"kwt1\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn gates_make_a_version_2_ticket() {
+        let gate = NodeAddr::new(
+            SecretKey::from_seed([4; 32]).node_id(),
+            ["203.0.113.9:7000".parse().unwrap()],
+        );
+        // Behind a NAT: no direct address, one gate.
+        let ticket = Ticket::with_gates(NodeAddr::new(node(), []), vec![gate.clone()]).unwrap();
+        let bytes = ticket.to_bytes();
+        let mut expected = vec![2u8];
+        expected.extend_from_slice(node().as_bytes());
+        expected.push(0);
+        expected.push(1);
+        expected.extend_from_slice(gate.node_id.as_bytes());
+        expected.extend_from_slice(&[1, 4, 203, 0, 113, 9, 0x1b, 0x58]);
+        assert_eq!(bytes, expected);
+        assert_eq!(Ticket::from_bytes(&bytes).unwrap(), ticket);
+        assert_eq!(ticket.to_string().parse::<Ticket>().unwrap(), ticket);
+        for cut in 0..bytes.len() {
+            assert!(Ticket::from_bytes(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut no_gates = bytes[..34].to_vec();
+        no_gates.push(0);
+        assert!(matches!(
+            Ticket::from_bytes(&no_gates),
+            Err(TicketError::BadGates(_))
+        ));
+        let self_gate = NodeAddr::new(node(), ["203.0.113.9:7000".parse().unwrap()]);
+        assert!(matches!(
+            Ticket::with_gates(NodeAddr::new(node(), []), vec![self_gate]),
+            Err(TicketError::BadGates(_))
+        ));
+        assert!(matches!(
+            Ticket::with_gates(NodeAddr::new(node(), []), vec![gate.clone(); 5]),
+            Err(TicketError::BadGates(_))
+        ));
     }
 
     #[test]

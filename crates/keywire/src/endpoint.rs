@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::accept::AcceptDriver;
 use crate::config::EndpointConfig;
 use crate::error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
+use crate::gate::registry::GateRegistry;
 use crate::gate::GateClient;
 use crate::handshake::{self};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -57,6 +58,7 @@ struct Inner {
     accept_task: tokio::task::JoinHandle<()>,
     probe_task: tokio::task::JoinHandle<()>,
     upgrades: Arc<Upgrades>,
+    gates: GateRegistry,
     connect_timeout: std::time::Duration,
 }
 
@@ -191,9 +193,14 @@ impl Endpoint {
                 accept_task,
                 probe_task,
                 upgrades,
+                gates: GateRegistry::default(),
                 connect_timeout: config.connect_timeout,
             }),
         })
+    }
+
+    pub(crate) fn gate_registry(&self) -> &GateRegistry {
+        &self.inner.gates
     }
 
     /// This node's id (its public key).

@@ -144,6 +144,30 @@ pub enum ConnectError {
     /// The endpoint was closed.
     #[error("the endpoint is closed")]
     EndpointClosed,
+    /// Neither the ticket's direct addresses nor any of its gates led to the node.
+    #[error("could not reach {node} directly ({direct}) nor through its gates ({})", DisplayGates(.gates))]
+    NoRoute {
+        /// The node dialed.
+        node: NodeId,
+        /// Why the direct attempt failed.
+        direct: Box<ConnectError>,
+        /// Why each gate failed: its address and the error.
+        gates: Vec<(SocketAddr, ConnectError)>,
+    },
+}
+
+struct DisplayGates<'a>(&'a [(SocketAddr, ConnectError)]);
+
+impl fmt::Display for DisplayGates<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (gate, error)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "gate {gate}: {error}")?;
+        }
+        Ok(())
+    }
 }
 
 struct DisplayAttempts<'a>(&'a [AttemptError]);

@@ -230,3 +230,66 @@ async fn when_the_direct_path_dies_the_relay_takes_over_within_3_s() {
     assert_eq!((m.path_upgrades, m.path_fallbacks), (1, 1), "{m:?}");
     println!("relay took over {fallback:?} after the cut");
 }
+
+#[tokio::test]
+async fn a_ticket_with_only_a_gate_connects_relayed_then_goes_direct() {
+    let (gate_node, _gate) = gate_at("127.0.0.1:0").await;
+    let (alice, bob) = (bind(config()), bind(config()));
+    let joined = within(10, "join", bob.join_gate(&addr_of(&gate_node)))
+        .await
+        .unwrap();
+    assert!(joined.is_alive());
+    let full = bob.ticket().unwrap();
+    assert_eq!(full.gates, vec![addr_of(&gate_node)]);
+    assert_eq!(full.to_string().parse::<keywire::Ticket>().unwrap(), full);
+    // As if Bob were behind a NAT: the ticket names only his gate.
+    let ticket =
+        keywire::Ticket::with_gates(keywire::NodeAddr::new(bob.node_id(), []), full.gates).unwrap();
+    spawn_echo(bob.clone());
+    let conn = within(10, "connect by ticket", alice.connect_ticket(&ticket, ALPN))
+        .await
+        .unwrap();
+    let mut events = conn.path_events();
+    assert!(
+        matches!(conn.path(), Path::Relayed { .. }),
+        "{:?}",
+        conn.path()
+    );
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"ping").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        within(10, "echo", recv.read_to_end(64)).await.unwrap(),
+        b"ping"
+    );
+    let path = within(5, "the switch to direct", events.next()).await;
+    assert_eq!(path, Some(Path::Direct(bob.local_addr().unwrap())));
+    assert_eq!(
+        alice.joined_gates(),
+        vec![addr_of(&gate_node)],
+        "joined on the way"
+    );
+
+    // A gate that does not know the node, and no direct address: a typed error naming both.
+    let stranger = bind(config());
+    let lost = keywire::Ticket::with_gates(
+        keywire::NodeAddr::new(stranger.node_id(), []),
+        vec![addr_of(&gate_node)],
+    )
+    .unwrap();
+    let err = within(
+        10,
+        "connect to an unknown node",
+        alice.connect_ticket(&lost, ALPN),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, keywire::ConnectError::NoRoute { ref gates, .. } if gates.len() == 1),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("not a client of this gate"),
+        "{err}"
+    );
+}

@@ -47,6 +47,9 @@ pub enum GateError {
     /// The connection to the gate is gone.
     #[error("the connection to the gate closed")]
     Closed,
+    /// The endpoint already joined as many gates as it may.
+    #[error("already joined {0} gates, the most an endpoint may")]
+    TooManyGates(usize),
 }
 
 fn describe(code: &RefusalCode) -> String {
@@ -151,6 +154,11 @@ impl GateClient {
             relay_bytes_per_second: rate,
             reader,
         })
+    }
+
+    /// Whether the connection to the gate is still up.
+    pub fn is_alive(&self) -> bool {
+        self.conn.close_reason().is_none()
     }
 
     /// The session id relay frames must carry.

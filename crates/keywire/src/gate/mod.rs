@@ -9,6 +9,7 @@
 
 mod client;
 mod limits;
+pub(crate) mod registry;
 mod relay;
 mod server;
 
