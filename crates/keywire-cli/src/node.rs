@@ -38,11 +38,24 @@ impl NodeOptions {
 
     /// Binds an endpoint with this node's key.
     pub fn endpoint(&self, bind: SocketAddr, alpn: &[u8]) -> anyhow::Result<Endpoint> {
+        self.endpoint_announcing(bind, alpn, &[])
+    }
+
+    /// Binds an endpoint that also announces `announce` to its peers.
+    pub fn endpoint_announcing(
+        &self,
+        bind: SocketAddr,
+        alpn: &[u8],
+        announce: &[SocketAddr],
+    ) -> anyhow::Result<Endpoint> {
         let (key, _) = self.secret_key()?;
-        let config = EndpointConfig::new(key)
+        let mut config = EndpointConfig::new(key)
             .bind_addr(bind)
             .network(self.network())
             .alpn(alpn.to_vec());
+        for addr in announce {
+            config = config.announce(*addr);
+        }
         Endpoint::bind(config).context("cannot start the endpoint")
     }
 }

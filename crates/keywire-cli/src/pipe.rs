@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use keywire::quinn::{self, VarInt};
-use keywire::{close_code, Connection, Ticket};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use keywire::{close_code, Connection, Path, Ticket};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 
 use crate::node::NodeOptions;
 use crate::output;
@@ -35,6 +35,14 @@ pub struct ListenArgs {
     /// Local address to bind (default: every interface, IPv6 and IPv4, a free port).
     #[arg(long, default_value = "[::]:0")]
     bind: SocketAddr,
+    /// Register with this gate (its ticket, as `keywire gate` prints it) and put it in the
+    /// ticket, so that peers who cannot reach this node directly go through the gate. Repeat
+    /// for up to four gates.
+    #[arg(long = "gate", value_name = "GATE_TICKET")]
+    gates: Vec<String>,
+    /// Also tell peers this address (e.g. a port forwarded on the router). Repeatable.
+    #[arg(long = "announce", value_name = "ADDR")]
+    announce: Vec<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,17 +61,28 @@ enum Side {
 }
 
 pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()> {
-    let endpoint = opts.endpoint(args.bind, PIPE_ALPN)?;
+    let endpoint = opts.endpoint_announcing(args.bind, PIPE_ALPN, &args.announce)?;
+    for text in &args.gates {
+        let gate: Ticket = text
+            .parse()
+            .with_context(|| format!("--gate {text}: not a gate ticket"))?;
+        endpoint
+            .join_gate(&gate.node)
+            .await
+            .with_context(|| format!("cannot register with the gate {}", gate.node.node_id))?;
+    }
     let node_addr = endpoint
         .node_addr()
         .context("cannot list local addresses")?;
-    let ticket = Ticket::new(node_addr.clone()).context("cannot make a ticket for this node")?;
+    let ticket = Ticket::with_gates(node_addr.clone(), endpoint.joined_gates())
+        .context("cannot make a ticket for this node")?;
     if opts.json {
         output::event(serde_json::json!({
             "event": "listening",
             "node_id": endpoint.node_id().to_string(),
             "ticket": ticket.to_string(),
             "direct_addrs": node_addr.direct_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "gates": ticket.gates.iter().map(|g| g.node_id.to_string()).collect::<Vec<_>>(),
         }));
     } else {
         output::err_line(&ticket.to_string());
@@ -97,9 +116,11 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
     if version != PIPE_VERSION {
         bail!("the peer speaks pipe version {version}, this keywire speaks {PIPE_VERSION}");
     }
+    let started = Instant::now();
     report_connected(opts, &conn, None);
-    let stats = pipe(&conn, send, recv, Side::Listener).await?;
-    report_done(opts, &conn, stats);
+    let watcher = PathWatcher::spawn(opts.json, &conn, started);
+    let stats = pipe(&conn, send, recv, Side::Listener, started).await?;
+    report_done(opts, &conn, stats, watcher.finish());
     endpoint.wait_idle().await;
     Ok(())
 }
@@ -108,8 +129,9 @@ pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<(
     let ticket: Ticket = args.ticket.parse()?;
     let endpoint = opts.endpoint(args.bind, PIPE_ALPN)?;
     let started = Instant::now();
-    let conn = endpoint.connect(&ticket.node, PIPE_ALPN).await?;
+    let conn = endpoint.connect_ticket(&ticket, PIPE_ALPN).await?;
     let connect_time = started.elapsed();
+    let watcher = PathWatcher::spawn(opts.json, &conn, started);
     let (mut send, recv) = conn
         .open_bi()
         .await
@@ -118,9 +140,9 @@ pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<(
         .await
         .context("cannot open the pipe stream")?;
     report_connected(opts, &conn, Some(connect_time));
-    let stats = pipe(&conn, send, recv, Side::Connector).await?;
+    let stats = pipe(&conn, send, recv, Side::Connector, started).await?;
     conn.close(VarInt::from_u32(close_code::DONE), b"done");
-    report_done(opts, &conn, stats);
+    report_done(opts, &conn, stats, watcher.finish());
     endpoint.wait_idle().await;
     Ok(())
 }
@@ -129,6 +151,8 @@ struct PipeStats {
     sent: u64,
     received: u64,
     elapsed: Duration,
+    /// From `started` (the dial, or the listener's accept) to the first byte from the peer.
+    first_byte: Option<Duration>,
 }
 
 async fn pipe(
@@ -136,8 +160,10 @@ async fn pipe(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     side: Side,
+    dialed_at: Instant,
 ) -> anyhow::Result<PipeStats> {
     let started = Instant::now();
+    let mut first_byte = None;
     let upload = async {
         let mut stdin = BufReader::with_capacity(COPY_BUFFER, tokio::io::stdin());
         let sent = tokio::io::copy_buf(&mut stdin, &mut send)
@@ -149,6 +175,9 @@ async fn pipe(
     let download = async {
         let mut stdout = BufWriter::with_capacity(COPY_BUFFER, tokio::io::stdout());
         let mut recv = BufReader::with_capacity(COPY_BUFFER, recv);
+        if !recv.fill_buf().await.context("receiving")?.is_empty() {
+            first_byte = Some(dialed_at.elapsed());
+        }
         let received = tokio::io::copy_buf(&mut recv, &mut stdout)
             .await
             .context("receiving to stdout")?;
@@ -186,6 +215,7 @@ async fn pipe(
         sent,
         received,
         elapsed: started.elapsed(),
+        first_byte,
     })
 }
 
@@ -198,26 +228,109 @@ fn explain(conn: &Connection, error: anyhow::Error) -> anyhow::Error {
 }
 
 fn report_connected(opts: &NodeOptions, conn: &Connection, connect_time: Option<Duration>) {
+    let path = conn.path();
     if opts.json {
+        let (kind, gate) = path_json(path);
         output::event(serde_json::json!({
             "event": "connected",
             "remote_node_id": conn.remote_node_id().to_string(),
             "remote_addr": keywire::proto::ticket::canonical_addr(conn.remote_address()).to_string(),
-            "path": "direct",
+            "path": kind,
+            "gate": gate,
+            "candidates": conn.peer_candidates().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "connect_ms": connect_time.map(|t| t.as_secs_f64() * 1e3),
             "rtt_ms": conn.rtt().as_secs_f64() * 1e3,
         }));
+    } else if matches!(path, Path::Relayed { .. }) {
+        output::err_line(&format!(
+            "keywire: connected, {path}; looking for a direct path"
+        ));
     }
 }
 
-fn report_done(opts: &NodeOptions, conn: &Connection, stats: PipeStats) {
+/// `("direct" | "relayed", gate address or null)` for JSON output.
+fn path_json(path: Path) -> (&'static str, serde_json::Value) {
+    match path {
+        Path::Relayed { gate } => ("relayed", gate.to_string().into()),
+        _ => ("direct", serde_json::Value::Null),
+    }
+}
+
+/// Reports every path change as it happens, and remembers when the path first went direct.
+struct PathWatcher {
+    task: tokio::task::JoinHandle<()>,
+    summary: std::sync::Arc<std::sync::Mutex<PathSummary>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PathSummary {
+    changes: u32,
+    to_direct: Option<Duration>,
+}
+
+impl PathWatcher {
+    fn spawn(json: bool, conn: &Connection, started: Instant) -> Self {
+        let summary = std::sync::Arc::new(std::sync::Mutex::new(PathSummary {
+            changes: 0,
+            to_direct: matches!(conn.path(), Path::Direct(_)).then(|| started.elapsed()),
+        }));
+        let mut events = conn.path_events();
+        let shared = summary.clone();
+        let task = tokio::spawn(async move {
+            while let Some(path) = events.next().await {
+                let at = started.elapsed();
+                {
+                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    s.changes += 1;
+                    if matches!(path, Path::Direct(_)) && s.to_direct.is_none() {
+                        s.to_direct = Some(at);
+                    }
+                }
+                if json {
+                    let (kind, gate) = path_json(path);
+                    let addr = match path {
+                        Path::Direct(addr) => serde_json::Value::from(addr.to_string()),
+                        _ => serde_json::Value::Null,
+                    };
+                    output::event(serde_json::json!({
+                        "event": "path",
+                        "path": kind,
+                        "gate": gate,
+                        "addr": addr,
+                        "ms": at.as_secs_f64() * 1e3,
+                    }));
+                } else {
+                    output::err_line(&format!(
+                        "keywire: path now {path} (at {:.0} ms)",
+                        at.as_secs_f64() * 1e3
+                    ));
+                }
+            }
+        });
+        Self { task, summary }
+    }
+
+    fn finish(self) -> PathSummary {
+        self.task.abort();
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn report_done(opts: &NodeOptions, conn: &Connection, stats: PipeStats, paths: PathSummary) {
     if opts.json {
         let quic = conn.stats();
+        let (kind, gate) = path_json(conn.path());
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
         output::event(serde_json::json!({
             "event": "done",
             "bytes_sent": stats.sent,
             "bytes_received": stats.received,
             "seconds": stats.elapsed.as_secs_f64(),
+            "first_byte_ms": ms(stats.first_byte),
+            "path": kind,
+            "gate": gate,
+            "path_changes": paths.changes,
+            "to_direct_ms": ms(paths.to_direct),
             "rtt_ms": conn.rtt().as_secs_f64() * 1e3,
             "udp_datagrams_sent": quic.udp_tx.datagrams,
             "udp_datagrams_received": quic.udp_rx.datagrams,

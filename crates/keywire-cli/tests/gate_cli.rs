@@ -1,0 +1,129 @@
+//! `keywire gate`, `keywire listen --gate` and `keywire connect` as users run them: a listener
+//! reachable only through its gate is dialed relayed, and the connection then goes direct.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keywire::{NodeAddr, Ticket};
+
+fn keywire(dir: &std::path::Path, key: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keywire"));
+    cmd.env_remove("KEYWIRE_KEY")
+        .env_remove("KEYWIRE_NETWORK")
+        .env_remove("RUST_LOG")
+        .arg("--key")
+        .arg(dir.join(key))
+        .args(["--network", "gate-cli-test", "--json"]);
+    cmd
+}
+
+/// Kills a child process on drop, so a failed assertion leaves nothing running.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn json_line(reader: &mut impl BufRead, what: &str) -> serde_json::Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("{what}: not JSON: {line:?}"))
+}
+
+fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
+    let dir = std::env::temp_dir().join(format!("keywire-gate-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let mut gate = Reaper(
+        keywire(&dir, "gate.key")
+            .args(["gate", "--bind", "127.0.0.1:0", "--report-every", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut gate_out = BufReader::new(gate.0.stdout.take().unwrap());
+    let gate_event = json_line(&mut gate_out, "gate");
+    let gate_ticket = gate_event["ticket"].as_str().unwrap().to_string();
+
+    let payload: Vec<u8> = (0..(2 << 20)).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.join("payload"), &payload).unwrap();
+    let mut listener = Reaper(
+        keywire(&dir, "listener.key")
+            .args(["listen", "--bind", "127.0.0.1:0", "--gate", &gate_ticket])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("listener.out")).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut listener_err = BufReader::new(listener.0.stderr.take().unwrap());
+    let listening = json_line(&mut listener_err, "listening");
+    assert_eq!(listening["event"], "listening", "{listening}");
+    let ticket: Ticket = listening["ticket"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ticket.gates.len(), 1, "the ticket names the gate");
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = listener_err.read_to_string(&mut rest);
+        rest
+    });
+    // As if the listener were behind a NAT: dial with only the gate in the ticket.
+    let gate_only = Ticket::with_gates(NodeAddr::new(ticket.node.node_id, []), ticket.gates)
+        .unwrap()
+        .to_string();
+    let mut connector = Reaper(
+        keywire(&dir, "connector.key")
+            .args(["connect", &gate_only])
+            .stdin(std::fs::File::open(dir.join("payload")).unwrap())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("connector.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait(&mut connector.0, Duration::from_secs(60));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("connector.err"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(status.success(), "connect failed: {events:?}");
+    assert!(
+        wait(&mut listener.0, Duration::from_secs(30)).success(),
+        "{}",
+        drain.join().unwrap()
+    );
+    assert_eq!(std::fs::read(dir.join("listener.out")).unwrap(), payload);
+
+    let find = |name: &str| events.iter().find(|e| e["event"] == name).cloned();
+    let connected = find("connected").expect("a connected event");
+    assert_eq!(connected["path"], "relayed", "{connected}");
+    assert!(connected["gate"].is_string());
+    assert!(!connected["candidates"].as_array().unwrap().is_empty());
+    let path = find("path").expect("a path event: the switch to direct");
+    assert_eq!(path["path"], "direct", "{path}");
+    let done = find("done").expect("a done event");
+    assert!(done["to_direct_ms"].as_f64().is_some(), "{done}");
+    assert_eq!(done["bytes_sent"], 2 << 20);
+    std::fs::remove_dir_all(dir).unwrap();
+}
