@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use keywire::{ConnectError, Endpoint, EndpointConfig, NetworkId, NodeAddr, SecretKey, Ticket};
+use keywire::gate::{Gate, GateConfig};
+use keywire::{
+    ConnectError, Endpoint, EndpointConfig, NetworkId, NodeAddr, Path, SecretKey, Ticket,
+};
 
 use crate::node::NodeOptions;
 use crate::output;
@@ -146,6 +149,8 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
     );
     conn.close(0u32.into(), b"demo done");
 
+    relayed_then_direct(&say, &alice, &bob).await?;
+
     // The other half of the promise: the wrong key at the right address is refused.
     let impostor = SecretKey::generate(&mut rand::rngs::OsRng).node_id();
     let refused = bob
@@ -163,6 +168,81 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
     );
     bob.close().await;
     alice.close().await;
+    Ok(())
+}
+
+/// Alice joins a gate; Bob dials a ticket naming only the gate (as if Alice were behind a NAT):
+/// the connection starts relayed, then the path probes find Alice's address and it goes direct.
+async fn relayed_then_direct(
+    say: &Reporter,
+    alice: &Endpoint,
+    bob: &Endpoint,
+) -> anyhow::Result<()> {
+    let gate_node = node("127.0.0.1:0".parse()?)?;
+    let _gate = Gate::spawn(&gate_node, GateConfig::default())
+        .await
+        .context("cannot start the demo gate")?;
+    let gate_addr = NodeAddr::new(gate_node.node_id(), [gate_node.local_addr()?]);
+    alice
+        .join_gate(&gate_addr)
+        .await
+        .context("alice could not join the gate")?;
+    let behind_nat = Ticket::with_gates(NodeAddr::new(alice.node_id(), []), vec![gate_addr])?;
+    let echo = tokio::spawn({
+        let alice = alice.clone();
+        async move {
+            let conn = alice.accept().await.context("alice's endpoint closed")?;
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            tokio::io::copy(&mut recv, &mut send).await?;
+            send.finish()?;
+            // Keep the connection until Bob is done with it (he watches it go direct).
+            conn.closed().await;
+            anyhow::Ok(())
+        }
+    });
+    let started = Instant::now();
+    let conn = bob
+        .connect_ticket(&behind_nat, DEMO_ALPN)
+        .await
+        .context("bob could not reach alice through the gate")?;
+    let connect_time = started.elapsed();
+    let first = conn.initial_path();
+    let mut events = conn.path_events();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(b"hello through the gate").await?;
+    send.finish()?;
+    let echoed = recv.read_to_end(64).await?;
+    ensure!(
+        echoed == b"hello through the gate",
+        "the relayed echo came back wrong"
+    );
+    let upgraded = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .ok()
+        .flatten();
+    let to_direct = started.elapsed();
+    ensure!(
+        matches!(first, Path::Relayed { .. }),
+        "the connection did not start relayed: {first}"
+    );
+    let Some(direct @ Path::Direct(_)) = upgraded else {
+        anyhow::bail!("the relayed connection did not go direct within 5 s ({upgraded:?})");
+    };
+    say.step(
+        "relayed_then_direct",
+        format!(
+            "alice joined a gate; bob dialed a ticket naming only the gate (as if alice were behind a NAT)\n  path: {first}, set-up {:.2} ms; an echo went through the gate\n  path probes found alice's address: now {direct}, {:.2} ms after the dial",
+            ms(connect_time), ms(to_direct)
+        ),
+        serde_json::json!({
+            "first_path": "relayed", "connect_ms": ms(connect_time),
+            "path": "direct", "to_direct_ms": ms(to_direct), "remote_addr": conn.remote_address().to_string(),
+        }),
+    );
+    conn.close(0u32.into(), b"demo done");
+    tokio::time::timeout(Duration::from_secs(10), echo)
+        .await
+        .context("alice's echo timed out")???;
     Ok(())
 }
 

@@ -228,7 +228,7 @@ fn explain(conn: &Connection, error: anyhow::Error) -> anyhow::Error {
 }
 
 fn report_connected(opts: &NodeOptions, conn: &Connection, connect_time: Option<Duration>) {
-    let path = conn.path();
+    let path = conn.initial_path();
     if opts.json {
         let (kind, gate) = path_json(path);
         output::event(serde_json::json!({
@@ -272,7 +272,7 @@ impl PathWatcher {
     fn spawn(json: bool, conn: &Connection, started: Instant) -> Self {
         let summary = std::sync::Arc::new(std::sync::Mutex::new(PathSummary {
             changes: 0,
-            to_direct: matches!(conn.path(), Path::Direct(_)).then(|| started.elapsed()),
+            to_direct: matches!(conn.initial_path(), Path::Direct(_)).then(|| started.elapsed()),
         }));
         let mut events = conn.path_events();
         let shared = summary.clone();

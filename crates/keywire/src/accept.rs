@@ -82,6 +82,8 @@ impl AcceptDriver {
         // Each connection gets its own transport configuration, so that its congestion controller
         // follows switches of its own path.
         let virtual_addr = incoming.remote_address();
+        // Keeps the path from being retired while the handshake runs (see `PathTable`).
+        let _handshaking = self.paths.handshake_lease(virtual_addr);
         let signal = self.paths.switch_signal(&virtual_addr);
         let mut config = self
             .server_config
@@ -109,6 +111,7 @@ impl AcceptDriver {
         {
             Ok(candidates) => {
                 self.paths.bind(virtual_addr, peer);
+                let opened_on = self.paths.route_of(&virtual_addr)?;
                 let guard = self.upgrades.start(&conn, Role::Acceptor, &candidates);
                 Some(Connection::new(
                     conn,
@@ -116,6 +119,7 @@ impl AcceptDriver {
                     alpn,
                     self.paths.clone(),
                     candidates,
+                    opened_on,
                     guard,
                 ))
             }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keywire_proto::NodeId;
 
-use crate::socket::paths::{PathTable, Route};
+use crate::socket::paths::{PathLease, PathTable, Route};
 use crate::upgrade::UpgradeGuard;
 
 /// How a connection's packets travel.
@@ -44,17 +44,24 @@ impl From<Route> for Path {
 #[derive(Debug)]
 pub struct PathEvents {
     watch: Option<tokio::sync::watch::Receiver<Route>>,
+    /// The path last reported (at first, the one the connection was established over).
+    last: Route,
 }
 
 impl PathEvents {
-    /// Waits for the next path change and returns the new path; `None` once the connection's
-    /// path is gone (the connection ended long ago). Changes in quick succession may be seen
-    /// as one: this always returns the latest path.
+    /// Waits for the path to differ from the one last reported and returns it; `None` once the
+    /// connection's path is gone (the connection ended long ago). Changes in quick succession
+    /// may be seen as one: this always returns the latest path.
     pub async fn next(&mut self) -> Option<Path> {
         let watch = self.watch.as_mut()?;
-        watch.changed().await.ok()?;
-        let route = *watch.borrow_and_update();
-        Some(route.into())
+        loop {
+            let current = *watch.borrow_and_update();
+            if current != self.last {
+                self.last = current;
+                return Some(current.into());
+            }
+            watch.changed().await.ok()?;
+        }
     }
 }
 
@@ -70,8 +77,12 @@ pub struct Connection {
     alpn: Vec<u8>,
     paths: Arc<PathTable>,
     peer_candidates: Arc<[SocketAddr]>,
+    /// The route the handshake ran over.
+    opened_on: Route,
     /// Ends the probing task when the last clone goes.
     _upgrade: Option<Arc<UpgradeGuard>>,
+    /// Marks the path as in use while any clone lives.
+    _lease: Arc<PathLease>,
 }
 
 impl Connection {
@@ -81,15 +92,19 @@ impl Connection {
         alpn: Vec<u8>,
         paths: Arc<PathTable>,
         peer_candidates: Vec<SocketAddr>,
+        opened_on: Route,
         upgrade: Option<UpgradeGuard>,
     ) -> Self {
+        let lease = Arc::new(paths.lease(&inner));
         Self {
             inner,
             remote,
             alpn,
             paths,
             peer_candidates: peer_candidates.into(),
+            opened_on,
             _upgrade: upgrade.map(Arc::new),
+            _lease: lease,
         }
     }
 
@@ -99,13 +114,21 @@ impl Connection {
         &self.peer_candidates
     }
 
-    /// Every change of [`Connection::path`]: relayed to direct, back to the relay.
+    /// The path the connection was established over (a relayed connection may already have
+    /// gone direct by the time the caller looks at [`Connection::path`]).
+    pub fn initial_path(&self) -> Path {
+        self.opened_on.into()
+    }
+
+    /// Every change of [`Connection::path`] since the connection was established: relayed to
+    /// direct, back to the relay. A change made before this call is reported first.
     pub fn path_events(&self) -> PathEvents {
         PathEvents {
             watch: self
                 .paths
                 .switch_signal(&self.inner.remote_address())
                 .map(|s| s.subscribe()),
+            last: self.opened_on,
         }
     }
 

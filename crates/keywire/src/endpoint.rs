@@ -365,10 +365,11 @@ impl Endpoint {
         introduced_candidates: &[SocketAddr],
     ) -> Result<Connection, AttemptFailure> {
         Metrics::inc(&self.inner.metrics.dial_attempts);
-        let virtual_addr = self
+        // `_dialing` keeps the path ours until the connection holds its own lease.
+        let (virtual_addr, _dialing) = self
             .inner
             .paths
-            .for_route(route, Instant::now())
+            .for_dial_route(route, Instant::now())
             .map_err(|_| AttemptFailure::Transport("path table full".into()))?;
         let signal = self.inner.paths.switch_signal(&virtual_addr);
         let transport = self
@@ -424,6 +425,7 @@ impl Endpoint {
                     alpn,
                     self.inner.paths.clone(),
                     candidates,
+                    route,
                     guard,
                 ))
             }

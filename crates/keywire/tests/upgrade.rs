@@ -251,9 +251,9 @@ async fn a_ticket_with_only_a_gate_connects_relayed_then_goes_direct() {
         .unwrap();
     let mut events = conn.path_events();
     assert!(
-        matches!(conn.path(), Path::Relayed { .. }),
+        matches!(conn.initial_path(), Path::Relayed { .. }),
         "{:?}",
-        conn.path()
+        conn.initial_path()
     );
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(b"ping").await.unwrap();
@@ -292,4 +292,45 @@ async fn a_ticket_with_only_a_gate_connects_relayed_then_goes_direct() {
         err.to_string().contains("not a client of this gate"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn after_an_upgrade_the_same_address_serves_new_dials() {
+    let (gate_node, _gate) = gate_at("127.0.0.1:0").await;
+    let (alice, bob) = (bind(config()), bind(config()));
+    bob.join_gate(&addr_of(&gate_node)).await.unwrap();
+    let ticket = keywire::Ticket::with_gates(
+        keywire::NodeAddr::new(bob.node_id(), []),
+        bob.joined_gates(),
+    )
+    .unwrap();
+    spawn_echo(bob.clone());
+    let conn = within(10, "connect by ticket", alice.connect_ticket(&ticket, ALPN))
+        .await
+        .unwrap();
+    let mut events = conn.path_events();
+    within(5, "the switch to direct", events.next()).await;
+    conn.close(0u32.into(), b"done");
+    // The wrong key at Bob's address is refused at once; the right one connects directly.
+    let impostor = keywire::SecretKey::generate(&mut rand::rngs::OsRng).node_id();
+    let wrong = within(
+        10,
+        "dial a wrong key",
+        alice.connect(&at_node(impostor, bob.local_addr().unwrap()), ALPN),
+    )
+    .await;
+    assert!(
+        matches!(wrong, Err(keywire::ConnectError::WrongPeer { .. })),
+        "{wrong:?} {:?} {:?}",
+        alice.metrics(),
+        bob.metrics()
+    );
+    let again = within(10, "dial again", alice.connect(&addr_of(&bob), ALPN))
+        .await
+        .unwrap();
+    assert_eq!(again.path(), Path::Direct(bob.local_addr().unwrap()));
+}
+
+fn at_node(node: keywire::NodeId, addr: SocketAddr) -> keywire::NodeAddr {
+    keywire::NodeAddr::new(node, [addr])
 }

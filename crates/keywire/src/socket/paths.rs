@@ -96,6 +96,35 @@ struct Path {
     node: Option<NodeId>,
     switch: Arc<PathSwitch>,
     last_active: Instant,
+    /// Connections on this path whose [`crate::Connection`] handles are still held (see
+    /// [`PathLease`]), by lease id.
+    /// (`Arc`, so that copying a handle under the table lock never touches quinn's locks.)
+    /// `None`: a dial in progress, which counts as open.
+    leases: Vec<(u64, Option<Arc<quinn::Connection>>)>,
+    /// Whether a connection was ever handed out on this path.
+    ever_leased: bool,
+}
+
+/// Held by every live [`crate::Connection`]: a path with none may give its routes to a new
+/// path (an earlier connection to the same peer is over).
+#[derive(Debug)]
+pub(crate) struct PathLease {
+    paths: Arc<PathTable>,
+    virtual_addr: SocketAddr,
+    id: u64,
+}
+
+impl Drop for PathLease {
+    fn drop(&mut self) {
+        let mut t = self.paths.lock();
+        let released = t.by_virtual.get_mut(&self.virtual_addr).and_then(|path| {
+            let index = path.leases.iter().position(|(id, _)| *id == self.id)?;
+            Some(path.leases.swap_remove(index))
+        });
+        // The connection handle goes only after the lock (see `PathTable::unlock`).
+        drop(t);
+        drop(released);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +135,10 @@ struct Tables {
     /// Our session at each gate we are registered with, and our address as it sees us.
     gates: HashMap<SocketAddr, (u64, SocketAddr)>,
     next_id: u64,
+    next_lease: u64,
+    /// Removed paths, dropped only once the lock is released: dropping a path drops quinn
+    /// connection handles, and quinn takes its own locks then (see `PathTable::unlock`).
+    graveyard: Vec<Path>,
 }
 
 /// Why no virtual address was given.
@@ -146,6 +179,52 @@ impl PathTable {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Releases the lock, then drops what was removed under it.
+    ///
+    /// Lock order: quinn holds a connection's lock while it sends, and sending takes this
+    /// table's lock. So nothing may take a quinn lock while holding ours: no `close_reason()`
+    /// and no dropping of a `quinn::Connection` handle under the table lock.
+    fn unlock(t: std::sync::MutexGuard<'_, Tables>) {
+        let mut t = t;
+        let dead = std::mem::take(&mut t.graveyard);
+        drop(t);
+        drop(dead);
+    }
+
+    /// If `route` belongs to a path (other than `keep`) all of whose connections are over,
+    /// removes that path, so a new connection or a path switch can take the route. Asks quinn
+    /// about the connections without holding the table lock (see [`PathTable::unlock`]).
+    fn retire_finished_owner(&self, route: Route, keep: Option<SocketAddr>) {
+        let (owner, connections) = {
+            let t = self.lock();
+            let Some(owner) = t.by_route.get(&route).copied() else {
+                return;
+            };
+            match t.by_virtual.get(&owner) {
+                // A path whose first handshake is still running has no lease yet: not finished.
+                Some(path) if Some(owner) != keep && path.ever_leased => (
+                    owner,
+                    path.leases
+                        .iter()
+                        .map(|(_, c)| c.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => return,
+            }
+        };
+        let finished = connections
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|c| c.close_reason().is_some()));
+        drop(connections);
+        if finished {
+            let mut t = self.lock();
+            if t.by_route.get(&route) == Some(&owner) {
+                Self::remove(&mut t, owner);
+            }
+            Self::unlock(t);
+        }
+    }
+
     /// The virtual address for dialing `real` directly (an existing one if `real` is known).
     #[cfg(test)]
     pub(crate) fn for_dial(&self, real: SocketAddr, now: Instant) -> Result<SocketAddr, Refusal> {
@@ -153,9 +232,30 @@ impl PathTable {
     }
 
     /// The virtual address for dialing over `route`.
+    #[cfg(test)]
     pub(crate) fn for_route(&self, route: Route, now: Instant) -> Result<SocketAddr, Refusal> {
+        self.retire_finished_owner(route, None);
         let mut t = self.lock();
-        self.lookup_or_insert(&mut t, route, now)
+        let result = self.lookup_or_insert(&mut t, route, now);
+        Self::unlock(t);
+        result
+    }
+
+    /// The virtual address for dialing over `route`, with a lease that keeps the path from
+    /// being retired while the dial runs (drop it once the connection has its own).
+    pub(crate) fn for_dial_route(
+        self: &Arc<Self>,
+        route: Route,
+        now: Instant,
+    ) -> Result<(SocketAddr, PathLease), Refusal> {
+        self.retire_finished_owner(route, None);
+        let mut t = self.lock();
+        let result = self.lookup_or_insert(&mut t, route, now).map(|v| {
+            let lease = Self::add_lease(&mut t, self, v, None);
+            (v, lease)
+        });
+        Self::unlock(t);
+        result
     }
 
     /// The virtual address for a datagram from `real`; a new one only for an Initial packet.
@@ -190,6 +290,11 @@ impl PathTable {
         initial: bool,
         now: Instant,
     ) -> Result<SocketAddr, Refusal> {
+        if initial {
+            // A new connection on the path of finished ones gets a fresh path: the old one may
+            // have been switched to another route, which is not where this Initial came from.
+            self.retire_finished_owner(route, None);
+        }
         let mut t = self.lock();
         if let Some(v) = t.by_route.get(&route).copied() {
             if let Some(path) = t.by_virtual.get_mut(&v) {
@@ -200,7 +305,9 @@ impl PathTable {
         if !initial {
             return Err(Refusal::NotInitial);
         }
-        self.lookup_or_insert(&mut t, route, now)
+        let result = self.lookup_or_insert(&mut t, route, now);
+        Self::unlock(t);
+        result
     }
 
     fn lookup_or_insert(
@@ -237,6 +344,8 @@ impl PathTable {
                 node: None,
                 switch: Arc::new(PathSwitch::new(route)),
                 last_active: now,
+                leases: Vec::new(),
+                ever_leased: false,
             },
         );
         t.by_route.insert(route, v);
@@ -252,6 +361,12 @@ impl PathTable {
             .min_by_key(|(_, p)| p.last_active)
             .map(|(v, _)| *v);
         let Some(v) = oldest else { return false };
+        Self::remove(t, v);
+        true
+    }
+
+    /// Removes a path and every route and node mapping pointing at it (into the graveyard).
+    fn remove(t: &mut Tables, v: SocketAddr) {
         if let Some(path) = t.by_virtual.remove(&v) {
             t.by_route.remove(&path.route);
             for alias in &path.aliases {
@@ -262,8 +377,8 @@ impl PathTable {
                     t.by_node.remove(&node);
                 }
             }
+            t.graveyard.push(path);
         }
-        true
     }
 
     /// How to send a datagram for `virtual_addr`: the route, and for a relayed route our
@@ -325,12 +440,57 @@ impl PathTable {
             .map(|p| p.switch.clone())
     }
 
+    /// Records `conn` as a connection on its path, until the lease is dropped. (If the path is
+    /// gone the handle is dropped here, outside the lock.)
+    pub(crate) fn lease(self: &Arc<Self>, conn: &quinn::Connection) -> PathLease {
+        let virtual_addr = conn.remote_address();
+        // Cloning a quinn handle takes quinn's lock: done before taking ours.
+        let handle = Arc::new(conn.clone());
+        let mut t = self.lock();
+        Self::add_lease(&mut t, self, virtual_addr, Some(handle))
+    }
+
+    /// A lease for a handshake in progress on `virtual_addr` (an accepted one), so that the
+    /// path is not retired under it; drop it once the connection has its own.
+    pub(crate) fn handshake_lease(self: &Arc<Self>, virtual_addr: SocketAddr) -> PathLease {
+        let mut t = self.lock();
+        Self::add_lease(&mut t, self, virtual_addr, None)
+    }
+
+    fn add_lease(
+        t: &mut Tables,
+        paths: &Arc<Self>,
+        virtual_addr: SocketAddr,
+        handle: Option<Arc<quinn::Connection>>,
+    ) -> PathLease {
+        t.next_lease += 1;
+        let id = t.next_lease;
+        if let Some(path) = t.by_virtual.get_mut(&virtual_addr) {
+            path.leases.push((id, handle));
+            path.ever_leased = true;
+        }
+        PathLease {
+            paths: paths.clone(),
+            virtual_addr,
+            id,
+        }
+    }
+
+    /// Whether `route` is free for `virtual_addr`: unused or already its own.
+    fn is_free_for(t: &Tables, virtual_addr: SocketAddr, route: Route) -> bool {
+        t.by_route
+            .get(&route)
+            .is_none_or(|owner| *owner == virtual_addr)
+    }
+
     /// Moves `virtual_addr` to a new route (a path switch); the old route stays a receive-only
     /// alias, so packets in flight on it still arrive. Returns false if unknown or if the route
-    /// already belongs to another virtual address.
+    /// belongs to another path with a live connection.
     pub(crate) fn switch(&self, virtual_addr: SocketAddr, route: Route, now: Instant) -> bool {
+        self.retire_finished_owner(route, Some(virtual_addr));
         let mut t = self.lock();
-        if t.by_route.get(&route).is_some_and(|v| *v != virtual_addr) {
+        if !t.by_virtual.contains_key(&virtual_addr) || !Self::is_free_for(&t, virtual_addr, route)
+        {
             return false;
         }
         let Some(path) = t.by_virtual.get_mut(&virtual_addr) else {
@@ -354,9 +514,14 @@ impl PathTable {
     /// Also accepts `virtual_addr`'s packets arriving over `route` (receive only). False if
     /// unknown or if the route belongs to another virtual address.
     pub(crate) fn accept_from(&self, virtual_addr: SocketAddr, route: Route) -> bool {
+        self.retire_finished_owner(route, Some(virtual_addr));
         let mut t = self.lock();
-        if let Some(v) = t.by_route.get(&route) {
-            return *v == virtual_addr;
+        if !t.by_virtual.contains_key(&virtual_addr) || !Self::is_free_for(&t, virtual_addr, route)
+        {
+            return false;
+        }
+        if t.by_route.get(&route) == Some(&virtual_addr) {
+            return true;
         }
         let Some(path) = t.by_virtual.get_mut(&virtual_addr) else {
             return false;
