@@ -6,6 +6,7 @@ mod cpu;
 mod delay_proxy;
 mod dht;
 mod natlab;
+mod relay;
 mod stats;
 mod throughput;
 
@@ -32,6 +33,9 @@ enum Bench {
     /// The DHT: simulated under churn (success, hops, messages, maintenance bytes) and
     /// resolution on real loopback sockets.
     Dht(dht::Args),
+    /// Through a gate: relayed throughput against direct (ABBA), time to first byte in RTTs
+    /// behind a delaying proxy, and time from relayed start to direct.
+    Relay(relay::Args),
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -41,6 +45,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Natlab(a) => natlab::run(a).await,
         Bench::Signal(a) => crate::bench_signal::run(a).await,
         Bench::Dht(a) => dht::run(a).await,
+        Bench::Relay(a) => relay::run(a).await,
     }
 }
 
