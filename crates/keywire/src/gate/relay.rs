@@ -14,36 +14,104 @@ use keywire_proto::gate::frame::{RelayFrame, RELAY_HEADER_LEN};
 use super::server::{Counters, State};
 use crate::ControlChannel;
 
+/// Frames taken off the queue in one go; they leave as GSO batches, one per run of frames to
+/// the same client with the same length (bulk QUIC traffic is mostly full-size packets).
+const BURST: usize = 64;
+/// Most bytes in one GSO batch (the kernel's limit for one UDP send).
+const MAX_BATCH_BYTES: usize = 65_000;
+
 pub(crate) async fn run(state: Arc<State>, mut channel: ControlChannel) {
-    let mut out = Vec::with_capacity(2048);
-    while let Some(datagram) = channel.recv().await {
-        let Ok(frame) = RelayFrame::decode_payload(&datagram.payload) else {
-            Counters::inc(&state.counters.frames_malformed);
-            continue;
-        };
-        let Some((to, session)) = route(&state, &frame, datagram.from) else {
-            continue;
-        };
-        out.clear();
-        RelayFrame {
-            session,
-            channel: frame.channel,
-            payload: frame.payload,
+    let mut batch = Batch::default();
+    let max_segments = channel.socket.max_batch_segments().max(1);
+    while let Some(first) = channel.recv().await {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(datagram) = next.take() {
+            taken += 1;
+            if let Some((to, packet_len)) = forward(&state, &datagram, &mut batch.scratch) {
+                let fits = batch.to == Some(to)
+                    && packet_len <= batch.segment
+                    && batch.count < max_segments
+                    && batch.bytes.len() + packet_len <= MAX_BATCH_BYTES;
+                if !fits {
+                    batch.flush(&state, &channel).await;
+                    batch.to = Some(to);
+                    batch.segment = packet_len;
+                }
+                batch.bytes.extend_from_slice(&batch.scratch);
+                batch.count += 1;
+                batch.payload_bytes += (packet_len - RELAY_HEADER_LEN) as u64;
+                // A shorter packet can only end a GSO batch.
+                if packet_len < batch.segment {
+                    batch.flush(&state, &channel).await;
+                }
+            }
+            if taken < BURST {
+                next = channel.try_recv();
+            }
         }
-        .encode(&mut out);
-        // `send` adds the control header itself.
-        if channel
-            .send(to, &out[keywire_proto::datagram::CONTROL_HEADER_LEN..])
-            .await
-            .is_ok()
-        {
-            Counters::inc(&state.counters.frames_relayed);
-            state.counters.bytes_relayed.fetch_add(
-                frame.payload.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+        batch.flush(&state, &channel).await;
     }
+}
+
+/// Frames to one client waiting to leave as one GSO send.
+#[derive(Default)]
+struct Batch {
+    to: Option<std::net::SocketAddr>,
+    segment: usize,
+    count: usize,
+    payload_bytes: u64,
+    bytes: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Batch {
+    async fn flush(&mut self, state: &State, channel: &ControlChannel) {
+        if let Some(to) = self.to.take() {
+            if !self.bytes.is_empty()
+                && channel
+                    .socket
+                    .send_control_batch(to, &self.bytes, self.segment)
+                    .await
+                    .is_ok()
+            {
+                state
+                    .counters
+                    .frames_relayed
+                    .fetch_add(self.count as u64, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .counters
+                    .bytes_relayed
+                    .fetch_add(self.payload_bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.bytes.clear();
+        self.count = 0;
+        self.payload_bytes = 0;
+        self.segment = 0;
+    }
+}
+
+/// Checks one incoming frame and writes the packet to send into `out`; returns where it goes
+/// and the packet's length.
+fn forward(
+    state: &State,
+    datagram: &crate::ControlDatagram,
+    out: &mut Vec<u8>,
+) -> Option<(std::net::SocketAddr, usize)> {
+    let Ok(frame) = RelayFrame::decode_payload(&datagram.payload) else {
+        Counters::inc(&state.counters.frames_malformed);
+        return None;
+    };
+    let (to, session) = route(state, &frame, datagram.from)?;
+    out.clear();
+    RelayFrame {
+        session,
+        channel: frame.channel,
+        payload: frame.payload,
+    }
+    .encode(out);
+    Some((to, out.len()))
 }
 
 /// Where a frame goes: the other client's address and session, if every check passes.

@@ -39,6 +39,11 @@ impl ControlChannel {
         self.receiver.recv().await
     }
 
+    /// The next packet if one is waiting (for draining a burst in one go).
+    pub(crate) fn try_recv(&mut self) -> Option<ControlDatagram> {
+        self.receiver.try_recv().ok()
+    }
+
     /// Sends `payload` as a control packet of this kind to a real address. Fails only as the
     /// socket does (`WouldBlock` if its send buffer stays full: control traffic gives way to
     /// QUIC rather than queueing).

@@ -93,17 +93,31 @@ impl KeywireSocket {
         real: SocketAddr,
         packet: &[u8],
     ) -> io::Result<()> {
-        /// A socket that stays unwritable this often is congested; control traffic yields.
-        const CONTROL_SEND_TRIES: usize = 4;
         debug_assert_eq!(
             keywire_proto::datagram::classify(packet),
             DatagramClass::Control
         );
+        self.send_control_batch(real, packet, packet.len()).await
+    }
+}
+
+impl KeywireSocket {
+    /// Sends already-encoded control packets to one real address as one GSO batch: `contents`
+    /// is packets of `segment` bytes each, the last possibly shorter. Waits for the socket like
+    /// [`KeywireSocket::send_control`].
+    pub(crate) async fn send_control_batch(
+        self: &Arc<Self>,
+        real: SocketAddr,
+        contents: &[u8],
+        segment: usize,
+    ) -> io::Result<()> {
+        /// A socket that stays unwritable this often is congested; control traffic yields.
+        const CONTROL_SEND_TRIES: usize = 4;
         let transmit = Transmit {
             destination: self.socket_destination(real),
             ecn: None,
-            contents: packet,
-            segment_size: None,
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
             src_ip: None,
         };
         let mut poller = self.inner.clone().create_io_poller();
@@ -116,6 +130,11 @@ impl KeywireSocket {
             }
         }
         Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// How many packets one GSO batch may carry.
+    pub(crate) fn max_batch_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
     }
 }
 
