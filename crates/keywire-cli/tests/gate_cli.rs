@@ -127,3 +127,140 @@ fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
     assert_eq!(done["bytes_sent"], 2 << 20);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Starts a `keywire gate` process on `[::]` (both address families); returns it and the
+/// gate's address for IPv4 and IPv6 clients.
+fn gate_process(dir: &std::path::Path, key: &str) -> (Reaper, keywire::NodeAddr) {
+    let mut gate = Reaper(
+        keywire(dir, key)
+            .args(["gate", "--bind", "[::]:0", "--report-every", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(gate.0.stdout.take().unwrap());
+    let event = json_line(&mut out, "gate");
+    let ticket: Ticket = event["ticket"].as_str().unwrap().parse().unwrap();
+    let port = event["addr"]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let addrs: [std::net::SocketAddr; 2] = [
+        ([127, 0, 0, 1], port).into(),
+        (std::net::Ipv6Addr::LOCALHOST, port).into(),
+    ];
+    (gate, NodeAddr::new(ticket.node.node_id, addrs))
+}
+
+async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .map_err(|_| format!("no answer within {secs} s"))
+}
+
+#[tokio::test]
+async fn a_relayed_connection_moves_to_the_second_gate_when_the_first_dies() {
+    let dir = std::env::temp_dir().join(format!("keywire-failover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut first, first_addr) = gate_process(&dir, "gate1.key");
+    let (_second, second_addr) = gate_process(&dir, "gate2.key");
+    // Alice speaks only IPv4 and Bob only IPv6: no direct path, the relay is all they have.
+    let node = |bind: &str| {
+        let key = keywire::SecretKey::generate(&mut rand::rngs::OsRng);
+        keywire::Endpoint::bind(
+            keywire::EndpointConfig::new(key)
+                .bind_addr(bind.parse().unwrap())
+                .network(keywire::NetworkId::from_name("gate-cli-test"))
+                .alpn(b"failover-test".to_vec()),
+        )
+        .unwrap()
+    };
+    let (alice, bob) = (node("127.0.0.1:0"), node("[::1]:0"));
+    within(10, bob.join_gate(&first_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    within(10, bob.join_gate(&second_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let ticket = Ticket::with_gates(NodeAddr::new(bob.node_id(), []), bob.joined_gates()).unwrap();
+    assert_eq!(ticket.gates.len(), 2);
+
+    let receiving = tokio::spawn({
+        let bob = bob.clone();
+        async move {
+            let conn = bob.accept().await.unwrap();
+            let mut recv = conn.accept_uni().await.unwrap();
+            let mut hasher = blake3::Hasher::new();
+            let mut total = 0usize;
+            while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
+                hasher.update(&chunk.bytes);
+                total += chunk.bytes.len();
+            }
+            (total, hasher.finalize(), conn)
+        }
+    });
+    let conn = within(10, alice.connect_ticket(&ticket, b"failover-test"))
+        .await
+        .unwrap()
+        .unwrap();
+    let first_gate = match conn.initial_path() {
+        keywire::Path::Relayed { gate } => gate,
+        other => panic!("expected a relayed start, got {other}"),
+    };
+    assert_eq!(first_gate.port(), first_addr.direct_addrs[0].port());
+    let mut events = conn.path_events();
+    let watcher = tokio::spawn(async move { (events.next().await, Instant::now()) });
+    let mut send = conn.open_uni().await.unwrap();
+    let block: Vec<u8> = (0..(256 << 10)).map(|i| (i % 249) as u8).collect();
+    let mut expected = blake3::Hasher::new();
+    let mut killed_at = None;
+    for i in 0..40 {
+        expected.update(&block);
+        send.write_all(&block).await.unwrap();
+        if i == 4 {
+            // The first gate dies without a word (SIGKILL).
+            first.0.kill().unwrap();
+            first.0.wait().unwrap();
+            killed_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send.finish().unwrap();
+    let (moved, moved_at) = within(10, watcher).await.expect("a path change").unwrap();
+    let moved_after = moved_at - killed_at.unwrap();
+    assert!(
+        moved_after <= Duration::from_secs(5),
+        "moved {moved_after:?} after the kill (limit 5 s)"
+    );
+    match moved.expect("the connection's path") {
+        keywire::Path::Relayed { gate } => {
+            assert_eq!(
+                gate.port(),
+                second_addr.direct_addrs[0].port(),
+                "moved to the second gate"
+            )
+        }
+        other => panic!("expected the second gate, got {other}"),
+    }
+    let (total, digest, _bob_conn) = within(60, receiving).await.unwrap().unwrap();
+    assert_eq!(
+        (total, digest),
+        (40 * (256 << 10), expected.finalize()),
+        "byte-identical"
+    );
+    assert_eq!(alice.metrics().gate_failovers, 1, "{:?}", alice.metrics());
+    assert!(
+        bob.metrics().gate_failovers >= 1,
+        "bob followed alice to the second gate: {:?}",
+        bob.metrics()
+    );
+    eprintln!("moved to the second gate {moved_after:?} after the first was killed");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -112,7 +112,9 @@ impl AcceptDriver {
             Ok(candidates) => {
                 self.paths.bind(virtual_addr, peer);
                 let opened_on = self.paths.route_of(&virtual_addr)?;
-                let guard = self.upgrades.start(&conn, Role::Acceptor, &candidates);
+                let guard = self
+                    .upgrades
+                    .start(&conn, Role::Acceptor, peer, &candidates);
                 Some(Connection::new(
                     conn,
                     peer,

@@ -173,7 +173,7 @@ impl Endpoint {
         };
         let accept_task = runtime.spawn(driver.run());
 
-        Ok(Self {
+        let endpoint = Self {
             inner: Arc::new(Inner {
                 quinn,
                 node_id: config.secret_key.node_id(),
@@ -196,11 +196,39 @@ impl Endpoint {
                 gates: GateRegistry::default(),
                 connect_timeout: config.connect_timeout,
             }),
-        })
+        };
+        // A relayed connection whose gate died asks the endpoint for another gate; a weak
+        // handle, so that connections never keep a dropped endpoint alive.
+        let weak = Arc::downgrade(&endpoint.inner);
+        endpoint
+            .inner
+            .upgrades
+            .set_rerouter(Arc::new(move |peer, dead| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let endpoint = Endpoint {
+                        inner: weak.upgrade()?,
+                    };
+                    endpoint.reroute(peer, dead).await
+                })
+            }));
+        Ok(endpoint)
     }
 
     pub(crate) fn gate_registry(&self) -> &GateRegistry {
         &self.inner.gates
+    }
+
+    pub(crate) fn path_table(&self) -> &Arc<PathTable> {
+        &self.inner.paths
+    }
+
+    pub(crate) fn metrics_handle(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn local_candidates(&self) -> Vec<SocketAddr> {
+        self.inner.upgrades.local_candidates()
     }
 
     /// This node's id (its public key).
@@ -346,9 +374,12 @@ impl Endpoint {
     /// Accepts relayed connections arriving through `gate` (a registration of this endpoint);
     /// [`Endpoint::connect_via`] does this itself.
     pub fn use_gate(&self, gate: &GateClient) {
-        self.inner
-            .paths
-            .add_gate(gate.gate_addr(), gate.session(), gate.observed_addr());
+        self.inner.paths.add_gate(
+            gate.gate_addr(),
+            gate.session(),
+            gate.observed_addr(),
+            gate.alive_flag(),
+        );
     }
 
     /// Stops using `gate`: its relayed paths can no longer send.
@@ -418,7 +449,7 @@ impl Endpoint {
                         candidates.push(*extra);
                     }
                 }
-                let guard = upgrades.start(&conn, Role::Dialer, &candidates);
+                let guard = upgrades.start(&conn, Role::Dialer, expected, &candidates);
                 Ok(Connection::new(
                     conn,
                     expected,

@@ -91,6 +91,8 @@ counters! {
     path_upgrades,
     /// Connections moved back to their relay after the direct path died.
     path_fallbacks,
+    /// Relayed connections moved to another gate after theirs died.
+    gate_failovers,
 }
 
 impl Metrics {

@@ -9,15 +9,17 @@
 //! packets to the task of their connection.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keywire_proto::datagram::{ControlKind, ControlPacket};
 use keywire_proto::probe::{
     tag_of, ConnTag, Decision, ProbeKeys, Prober, ProberConfig, PROBE_EXPORTER_LABEL,
 };
-use keywire_proto::Role;
+use keywire_proto::{NodeId, Role};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +42,7 @@ pub(crate) struct Upgrades {
     /// Addresses to tell peers besides the bound ones.
     pub(crate) announce: Vec<SocketAddr>,
     enabled: bool,
+    rerouter: RerouterCell,
     connections: Mutex<HashMap<ConnTag, mpsc::Sender<ControlDatagram>>>,
 }
 
@@ -65,6 +68,7 @@ impl Upgrades {
             config: ProberConfig::default(),
             announce,
             enabled,
+            rerouter: RerouterCell::default(),
             connections: Mutex::default(),
         }
     }
@@ -101,50 +105,58 @@ impl Upgrades {
         }
     }
 
-    /// Starts probing for `conn` if it is relayed and `peer_candidates` gives something to try.
-    /// Returns the guard the connection keeps.
+    /// Sets how a connection whose gate died finds another (the endpoint provides it).
+    pub(crate) fn set_rerouter(&self, rerouter: Rerouter) {
+        let _ = self.rerouter.0.set(rerouter);
+    }
+
+    /// For a relayed `conn`: starts the task that probes `peer_candidates` to go direct (when
+    /// enabled) and moves the connection to another gate when its gate dies. Returns the guard
+    /// the connection keeps; `None` for a direct connection.
     pub(crate) fn start(
         self: &Arc<Self>,
         conn: &quinn::Connection,
         role: Role,
+        peer: NodeId,
         peer_candidates: &[SocketAddr],
     ) -> Option<UpgradeGuard> {
-        if !self.enabled {
-            return None;
-        }
         let virtual_addr = conn.remote_address();
-        let relay @ Route::Relayed { .. } = self.paths.route_of(&virtual_addr)? else {
+        let Route::Relayed { .. } = self.paths.route_of(&virtual_addr)? else {
             return None;
         };
-        if peer_candidates.is_empty() {
-            return None;
-        }
-        let mut exported = [0u8; 32];
-        conn.export_keying_material(&mut exported, PROBE_EXPORTER_LABEL, b"")
-            .ok()?;
-        let keys = ProbeKeys::from_exported(exported);
-        let tag = keys.tag();
-        let mut seed = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut seed);
-        let prober = Prober::new(
-            keys,
-            role,
-            self.config.clone(),
-            peer_candidates,
-            Instant::now(),
-            seed,
-        );
+        let prober = if self.enabled && !peer_candidates.is_empty() {
+            let mut exported = [0u8; 32];
+            conn.export_keying_material(&mut exported, PROBE_EXPORTER_LABEL, b"")
+                .ok()?;
+            let keys = ProbeKeys::from_exported(exported);
+            let mut seed = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut seed);
+            Some(Prober::new(
+                keys,
+                role,
+                self.config.clone(),
+                peer_candidates,
+                Instant::now(),
+                seed,
+            ))
+        } else {
+            None
+        };
         let (queue, inbox) = mpsc::channel(PER_CONNECTION_QUEUE);
-        self.lock().insert(tag, queue);
+        let tag = prober.as_ref().map(|p| p.tag());
+        if let Some(tag) = tag {
+            self.lock().insert(tag, queue);
+        }
         let (stop, stopped) = oneshot::channel();
         let task = Task {
             upgrades: self.clone(),
             tag,
             conn: conn.clone(),
+            peer,
             virtual_addr,
-            relay,
             prober,
             inbox,
+            last_reroute: None,
         };
         tokio::spawn(async move {
             task.run(stopped).await;
@@ -153,21 +165,49 @@ impl Upgrades {
     }
 }
 
+/// Finds another relay to `peer` when the gate at the given address died: joins another gate
+/// and asks it for an introduction. Returns the new route, if any gate could.
+pub(crate) type Rerouter = Arc<
+    dyn Fn(NodeId, SocketAddr) -> Pin<Box<dyn Future<Output = Option<Route>> + Send>> + Send + Sync,
+>;
+
+/// Holds the [`Rerouter`] once the endpoint has set it.
+#[derive(Default)]
+struct RerouterCell(std::sync::OnceLock<Rerouter>);
+
+impl std::fmt::Debug for RerouterCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Rerouter"
+        } else {
+            "NoRerouter"
+        })
+    }
+}
+
+/// How often a relayed connection checks that its gate is alive.
+const GATE_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// Least time between two attempts to move to another gate.
+const REROUTE_BACKOFF: Duration = Duration::from_secs(2);
+
 struct Task {
     upgrades: Arc<Upgrades>,
-    tag: ConnTag,
+    tag: Option<ConnTag>,
     conn: quinn::Connection,
+    peer: NodeId,
     virtual_addr: SocketAddr,
-    relay: Route,
-    prober: Prober,
+    /// `None` when going direct is off (then the task only watches the gate).
+    prober: Option<Prober>,
     inbox: mpsc::Receiver<ControlDatagram>,
+    last_reroute: Option<Instant>,
 }
 
 impl Task {
     async fn run(mut self, mut stopped: oneshot::Receiver<()>) {
+        let mut gate_check = tokio::time::interval(GATE_CHECK_EVERY);
         loop {
             self.flush().await;
-            let wake = self.prober.poll_timeout();
+            let wake = self.prober.as_ref().and_then(|p| p.poll_timeout());
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -177,24 +217,67 @@ impl Task {
             tokio::select! {
                 _ = &mut stopped => break,
                 _ = self.conn.closed() => break,
-                datagram = self.inbox.recv() => {
+                datagram = self.inbox.recv(), if self.prober.is_some() => {
                     let Some(datagram) = datagram else { break };
-                    let counter = match self.prober.handle(datagram.from, &datagram.payload, Instant::now()) {
+                    let Some(prober) = self.prober.as_mut() else { continue };
+                    let counter = match prober.handle(datagram.from, &datagram.payload, Instant::now()) {
                         Ok(()) => &self.upgrades.metrics.probes_accepted,
                         Err(_) => &self.upgrades.metrics.probes_refused,
                     };
                     Metrics::inc(counter);
                 }
-                () = sleep => self.prober.handle_timeout(Instant::now()),
+                () = sleep => {
+                    if let Some(prober) = self.prober.as_mut() {
+                        prober.handle_timeout(Instant::now());
+                    }
+                }
+                _ = gate_check.tick() => self.check_gate().await,
             }
         }
-        self.upgrades.lock().remove(&self.tag);
+        if let Some(tag) = self.tag {
+            self.upgrades.lock().remove(&tag);
+        }
+    }
+
+    /// If the gate of our relay died, moves the relay to another gate (and the connection with
+    /// it, if it is relayed right now).
+    async fn check_gate(&mut self) {
+        let up = self.upgrades.clone();
+        let Some(Route::Relayed { gate, .. }) = up.paths.relay_of(&self.virtual_addr) else {
+            return;
+        };
+        if up.paths.gate_alive(&gate) {
+            return;
+        }
+        if self
+            .last_reroute
+            .is_some_and(|at| at.elapsed() < REROUTE_BACKOFF)
+        {
+            return;
+        }
+        self.last_reroute = Some(Instant::now());
+        let Some(rerouter) = up.rerouter.0.get().cloned() else {
+            return;
+        };
+        // Bounded: joining a gate and an introduction each give up after a few seconds.
+        let found = tokio::time::timeout(REROUTE_LIMIT, rerouter(self.peer, gate)).await;
+        if let Ok(Some(route)) = found {
+            if up
+                .paths
+                .move_relay(self.virtual_addr, route, Instant::now())
+            {
+                Metrics::inc(&up.metrics.gate_failovers);
+            }
+        }
     }
 
     /// Sends the probes and applies the decisions the prober has queued.
     async fn flush(&mut self) {
         let up = &self.upgrades;
-        while let Some(decision) = self.prober.poll_decision() {
+        let Some(prober) = self.prober.as_mut() else {
+            return;
+        };
+        while let Some(decision) = prober.poll_decision() {
             let now = Instant::now();
             match decision {
                 Decision::UseDirect(addr) => {
@@ -203,7 +286,8 @@ impl Task {
                     }
                 }
                 Decision::UseRelay => {
-                    if up.paths.switch(self.virtual_addr, self.relay, now) {
+                    let relay = up.paths.relay_of(&self.virtual_addr);
+                    if relay.is_some_and(|r| up.paths.switch(self.virtual_addr, r, now)) {
                         Metrics::inc(&up.metrics.path_fallbacks);
                     }
                 }
@@ -212,7 +296,7 @@ impl Task {
                 }
             }
         }
-        while let Some((to, payload)) = self.prober.poll_transmit() {
+        while let Some((to, payload)) = prober.poll_transmit() {
             let mut packet = Vec::with_capacity(payload.len() + 2);
             ControlPacket {
                 kind: ControlKind::Probe,
@@ -226,3 +310,6 @@ impl Task {
         }
     }
 }
+
+/// Most time one attempt to move to another gate may take.
+const REROUTE_LIMIT: Duration = Duration::from_secs(8);

@@ -12,6 +12,8 @@
 //! | 0x04 | `Introduce` | client → gate | peer node id (32) · count (1) · candidates |
 //! | 0x05 | `Introduction` | gate → client | channel (4) · peer node id (32) · count (1) · candidates |
 //! | 0x06 | `NoSuchPeer` | gate → client | peer node id (32) |
+//! | 0x07 | `Ping` | client → gate | nonce (8) |
+//! | 0x08 | `Pong` | gate → client | the ping's nonce (8) |
 
 use std::net::SocketAddr;
 
@@ -103,6 +105,17 @@ pub enum GateMessage {
         /// Its candidates: those it announced, then its reflexive address.
         candidates: Vec<SocketAddr>,
     },
+    /// Client checks the gate is alive (twice a second); the gate echoes the nonce in a
+    /// [`GateMessage::Pong`].
+    Ping {
+        /// Echoed.
+        nonce: u64,
+    },
+    /// The gate answers a [`GateMessage::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
     /// The peer asked for is not a client of this gate.
     NoSuchPeer {
         /// Who was asked for.
@@ -178,6 +191,14 @@ impl GateMessage {
                 out.push(0x06);
                 out.extend_from_slice(peer.as_bytes());
             }
+            Self::Ping { nonce } => {
+                out.push(0x07);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Self::Pong { nonce } => {
+                out.push(0x08);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
         }
         // Every message is far below 64 KiB (at most 1 + 4 + 32 + 1 + 16 × 19 bytes).
         let len = (out.len() - start - 2) as u16;
@@ -235,6 +256,12 @@ impl GateMessage {
             0x06 => Self::NoSuchPeer {
                 peer: NodeId::from_bytes(input.array()?)?,
             },
+            0x07 => Self::Ping {
+                nonce: input.u64()?,
+            },
+            0x08 => Self::Pong {
+                nonce: input.u64()?,
+            },
             other => return Err(MessageError::UnknownType(other)),
         };
         if !input.is_empty() {
@@ -291,6 +318,14 @@ mod tests {
         assert_eq!(
             round_trip(GateMessage::Register { version: 1 }),
             [0, 2, 0x01, 1]
+        );
+        assert_eq!(
+            round_trip(GateMessage::Ping { nonce: 258 }),
+            [0, 9, 0x07, 0, 0, 0, 0, 0, 0, 1, 2]
+        );
+        assert_eq!(
+            round_trip(GateMessage::Pong { nonce: 1 }),
+            [0, 9, 0x08, 0, 0, 0, 0, 0, 0, 0, 1]
         );
         let registered = GateMessage::Registered {
             session: 7,
@@ -403,6 +438,8 @@ mod tests {
                 }
             }),
             peer.prop_map(|peer| GateMessage::NoSuchPeer { peer }),
+            any::<u64>().prop_map(|nonce| GateMessage::Ping { nonce }),
+            any::<u64>().prop_map(|nonce| GateMessage::Pong { nonce }),
         ]
     }
 

@@ -166,6 +166,11 @@ impl Prober {
         }
     }
 
+    /// The connection's tag (what its probes carry).
+    pub fn tag(&self) -> super::ConnTag {
+        self.keys.tag()
+    }
+
     /// The direct path in use, if any.
     pub fn direct(&self) -> Option<SocketAddr> {
         match self.state {

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keywire_proto::gate::message::{
     GateMessage, MessageError, RefusalCode, GATE_PROTOCOL_VERSION, MAX_MESSAGE_LEN,
@@ -16,6 +17,11 @@ use crate::{ConnectError, Connection, Endpoint};
 
 /// How long a gate may take to answer a registration or an introduction.
 const GATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a client pings its gate.
+const PING_EVERY: Duration = Duration::from_millis(500);
+/// A gate that answered no ping for this long counts as dead (its relayed connections move to
+/// another gate), whether or not its QUIC connection has timed out yet.
+pub(crate) const GATE_SILENT_LIMIT: Duration = Duration::from_secs(2);
 /// Introductions others asked for, waiting for [`GateClient::next_introduction`]; more are
 /// dropped (the asking side times out and may ask again).
 const INTRODUCTION_QUEUE: usize = 16;
@@ -77,19 +83,23 @@ type Pending = Arc<Mutex<HashMap<NodeId, oneshot::Sender<Result<Introduction, Ga
 /// A registration with a gate, alive as long as this value (and its connection).
 pub struct GateClient {
     conn: Connection,
-    send: tokio::sync::Mutex<quinn::SendStream>,
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
     pending: Pending,
     introductions: tokio::sync::Mutex<mpsc::Receiver<Introduction>>,
     session: u64,
     observed: SocketAddr,
     observation_addr: SocketAddr,
     relay_bytes_per_second: u32,
+    /// Whether the gate answered a ping lately (shared with the path table).
+    alive: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for GateClient {
     fn drop(&mut self) {
         self.reader.abort();
+        self.heartbeat.abort();
         self.conn.close(0u32.into(), b"leaving the gate");
     }
 }
@@ -142,11 +152,27 @@ impl GateClient {
         };
         let pending: Pending = Arc::default();
         let (queue, introductions) = mpsc::channel(INTRODUCTION_QUEUE);
-        let reader = tokio::spawn(read_answers(recv, pending.clone(), queue));
+        let last_pong = Arc::new(Mutex::new(Instant::now()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(read_answers(
+            recv,
+            pending.clone(),
+            queue,
+            last_pong.clone(),
+        ));
+        let send = Arc::new(tokio::sync::Mutex::new(send));
+        let heartbeat = tokio::spawn(heartbeat(
+            conn.quinn().clone(),
+            send.clone(),
+            last_pong,
+            alive.clone(),
+        ));
         Ok(Self {
             observation_addr: SocketAddr::new(conn.remote_address().ip(), port),
             conn,
-            send: tokio::sync::Mutex::new(send),
+            send,
+            alive,
+            heartbeat,
             pending,
             introductions: tokio::sync::Mutex::new(introductions),
             session,
@@ -156,9 +182,15 @@ impl GateClient {
         })
     }
 
-    /// Whether the connection to the gate is still up.
+    /// Whether the gate is alive: its connection is up and it answered a ping within the
+    /// last two seconds.
     pub fn is_alive(&self) -> bool {
-        self.conn.close_reason().is_none()
+        self.alive.load(Ordering::Acquire) && self.conn.close_reason().is_none()
+    }
+
+    /// The liveness flag the heartbeat keeps current.
+    pub(crate) fn alive_flag(&self) -> Arc<AtomicBool> {
+        self.alive.clone()
     }
 
     /// The session id relay frames must carry.
@@ -222,10 +254,40 @@ impl GateClient {
     }
 }
 
+/// Pings the gate every [`PING_EVERY`] and keeps `alive` current: false once no pong came for
+/// [`GATE_SILENT_LIMIT`] or the connection closed. Ends with the connection.
+async fn heartbeat(
+    conn: quinn::Connection,
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+    last_pong: Arc<Mutex<Instant>>,
+    alive: Arc<AtomicBool>,
+) {
+    let mut nonce = 0u64;
+    let mut ticks = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            _ = conn.closed() => break,
+            _ = ticks.tick() => {}
+        }
+        nonce += 1;
+        // A stream that cannot take 11 bytes within a ping interval is as good as a silent gate.
+        let ping =
+            async { write_message(&mut *send.lock().await, &GateMessage::Ping { nonce }).await };
+        let _ = tokio::time::timeout(PING_EVERY, ping).await;
+        let silent = last_pong
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        alive.store(silent < GATE_SILENT_LIMIT, Ordering::Release);
+    }
+    alive.store(false, Ordering::Release);
+}
+
 async fn read_answers(
     mut recv: quinn::RecvStream,
     pending: Pending,
     queue: mpsc::Sender<Introduction>,
+    last_pong: Arc<Mutex<Instant>>,
 ) {
     while let Ok(message) = read_message(&mut recv).await {
         let take = |peer: &NodeId| {
@@ -258,6 +320,9 @@ async fn read_answers(
                 if let Some(waiting) = take(&peer) {
                     let _ = waiting.send(Err(GateError::NoSuchPeer(peer)));
                 }
+            }
+            GateMessage::Pong { .. } => {
+                *last_pong.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             }
             _ => break,
         }

@@ -1,34 +1,101 @@
 //! The endpoint's own gate registrations, and dialing a ticket: directly and through the gates
 //! it names, at once, the first connection to complete winning.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use keywire_proto::ticket::MAX_TICKET_GATES;
 use keywire_proto::{NodeAddr, NodeId, Ticket, TicketError};
 
 use super::{GateClient, GateError};
+use crate::metrics::Metrics;
+use crate::socket::paths::{PathTable, Route};
 use crate::{ConnectError, Connection, Endpoint};
 
-/// Gates this endpoint is registered with (at most [`MAX_TICKET_GATES`]).
+/// Peers whose tickets' gates are remembered, for moving to another gate.
+const REMEMBERED_PEERS: usize = 256;
+
+/// Gates this endpoint is registered with (at most [`MAX_TICKET_GATES`]), and the gates of
+/// the tickets it dialed.
 #[derive(Debug, Default)]
 pub(crate) struct GateRegistry {
-    joined: Mutex<Vec<(NodeAddr, Arc<GateClient>)>>,
+    joined: Mutex<Vec<Joined>>,
+    known: Mutex<VecDeque<(NodeId, Vec<NodeAddr>)>>,
+}
+
+#[derive(Debug)]
+struct Joined {
+    addr: NodeAddr,
+    client: Arc<GateClient>,
+    /// Applies the introductions the gate sends us (see [`follow_introductions`]).
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
 }
 
 impl GateRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(NodeAddr, Arc<GateClient>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Joined>> {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn find(&self, gate: NodeId) -> Option<Arc<GateClient>> {
         let mut joined = self.lock();
-        // A registration whose connection died is no registration.
-        joined.retain(|(_, client)| client.is_alive());
+        // A registration whose gate died is no registration.
+        joined.retain(|j| j.client.is_alive());
         joined
             .iter()
-            .find(|(addr, _)| addr.node_id == gate)
-            .map(|(_, client)| client.clone())
+            .find(|j| j.addr.node_id == gate)
+            .map(|j| j.client.clone())
+    }
+
+    /// Remembers the gates of `peer`'s ticket.
+    fn remember(&self, peer: NodeId, gates: &[NodeAddr]) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|(p, _)| *p != peer);
+        if known.len() >= REMEMBERED_PEERS {
+            known.pop_front();
+        }
+        known.push_back((peer, gates.to_vec()));
+    }
+
+    fn gates_of(&self, peer: NodeId) -> Vec<NodeAddr> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .iter()
+            .find(|(p, _)| *p == peer)
+            .map(|(_, gates)| gates.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Applies each introduction `client`'s gate sends: when a peer we have a relayed connection
+/// with introduces itself through this gate while our relay to it goes through another, the
+/// peer is moving (its gate or ours died): the relay moves here too.
+async fn follow_introductions(
+    client: Arc<GateClient>,
+    paths: Arc<PathTable>,
+    metrics: Arc<Metrics>,
+) {
+    let gate = client.gate_addr();
+    while let Some(introduction) = client.next_introduction().await {
+        let Some(v) = paths.path_of_node(&introduction.peer) else {
+            continue;
+        };
+        let route = Route::Relayed {
+            gate,
+            channel: introduction.channel,
+        };
+        let elsewhere =
+            matches!(paths.relay_of(&v), Some(Route::Relayed { gate: other, .. }) if other != gate);
+        if elsewhere && paths.move_relay(v, route, Instant::now()) {
+            Metrics::inc(&metrics.gate_failovers);
+        }
     }
 }
 
@@ -43,26 +110,36 @@ impl Endpoint {
         }
         let client = Arc::new(GateClient::register(self, gate).await?);
         let mut joined = registry.lock();
-        if let Some((_, existing)) = joined.iter().find(|(a, _)| a.node_id == gate.node_id) {
+        joined.retain(|j| j.client.is_alive());
+        if let Some(existing) = joined.iter().find(|j| j.addr.node_id == gate.node_id) {
             // Another task registered meanwhile; keep one registration.
-            return Ok(existing.clone());
+            return Ok(existing.client.clone());
         }
         if joined.len() >= MAX_TICKET_GATES {
             return Err(GateError::TooManyGates(MAX_TICKET_GATES));
         }
         self.use_gate(&client);
-        joined.push((gate.clone(), client.clone()));
+        let follower = tokio::spawn(follow_introductions(
+            client.clone(),
+            self.path_table().clone(),
+            self.metrics_handle().clone(),
+        ));
+        joined.push(Joined {
+            addr: gate.clone(),
+            client: client.clone(),
+            follower,
+        });
         Ok(client)
     }
 
     /// Leaves a gate joined with [`Endpoint::join_gate`]; false if not joined.
     pub fn leave_gate(&self, gate: NodeId) -> bool {
         let mut joined = self.gate_registry().lock();
-        let Some(index) = joined.iter().position(|(a, _)| a.node_id == gate) else {
+        let Some(index) = joined.iter().position(|j| j.addr.node_id == gate) else {
             return false;
         };
-        let (_, client) = joined.remove(index);
-        self.forget_gate(&client);
+        let gone = joined.remove(index);
+        self.forget_gate(&gone.client);
         true
     }
 
@@ -70,8 +147,8 @@ impl Endpoint {
     pub fn joined_gates(&self) -> Vec<NodeAddr> {
         let registry = self.gate_registry();
         let mut joined = registry.lock();
-        joined.retain(|(_, client)| client.is_alive());
-        joined.iter().map(|(addr, _)| addr.clone()).collect()
+        joined.retain(|j| j.client.is_alive());
+        joined.iter().map(|j| j.addr.clone()).collect()
     }
 
     /// A ticket for this node: its direct addresses and the gates it joined.
@@ -93,6 +170,7 @@ impl Endpoint {
         if ticket.gates.is_empty() {
             return self.connect(node, alpn).await;
         }
+        self.gate_registry().remember(node.node_id, &ticket.gates);
         let direct = async {
             if node.direct_addrs.is_empty() {
                 Err(ConnectError::NoAddresses(node.node_id))
@@ -138,6 +216,38 @@ impl Endpoint {
                 });
             }
         }
+    }
+}
+
+impl Endpoint {
+    /// Finds another relay to `peer` than the dead gate at `dead`: through a gate we joined or
+    /// one of the peer's ticket, joining it if needed, and asking it for an introduction.
+    pub(crate) async fn reroute(&self, peer: NodeId, dead: SocketAddr) -> Option<Route> {
+        let mut gates = self.joined_gates();
+        for gate in self.gate_registry().gates_of(peer) {
+            if !gates.iter().any(|g| g.node_id == gate.node_id) {
+                gates.push(gate);
+            }
+        }
+        let candidates = self.local_candidates();
+        for gate in gates {
+            if gate.direct_addrs.contains(&dead) {
+                continue;
+            }
+            let Ok(client) = self.join_gate(&gate).await else {
+                continue;
+            };
+            if client.gate_addr() == dead {
+                continue;
+            }
+            if let Ok(introduction) = client.introduce(peer, candidates.clone()).await {
+                return Some(Route::Relayed {
+                    gate: client.gate_addr(),
+                    channel: introduction.channel,
+                });
+            }
+        }
+        None
     }
 }
 

@@ -237,6 +237,9 @@ async fn observe(state: Arc<State>, socket: tokio::net::UdpSocket) {
 }
 
 /// Serves one registered client for the life of its connection.
+/// Requests from one client read but not yet handled; the reader waits when it is full.
+const CLIENT_REQUEST_QUEUE: usize = 8;
+
 async fn serve_client(state: Arc<State>, conn: Connection, observation_port: u16) {
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
@@ -273,19 +276,33 @@ async fn serve_client(state: Arc<State>, conn: Connection, observation_port: u16
         relay_bytes_per_second: state.config.relay_bytes_per_second,
     };
     if write_message(&mut send, &registered).await.is_ok() {
-        loop {
-            tokio::select! {
-                message = read_message(&mut recv) => match message {
-                    Ok(GateMessage::Introduce { peer, candidates }) => introduce(&state, session, peer, candidates),
-                    _ => break,
-                },
-                Some(out) = introductions.recv() => {
-                    if write_message(&mut send, &out).await.is_err() {
-                        break;
-                    }
+        // Reading a message is not cancel-safe (a half-read frame would be lost), so it runs
+        // on its own task and hands whole messages over.
+        let (requests_tx, mut requests) = mpsc::channel(CLIENT_REQUEST_QUEUE);
+        let reader = tokio::spawn(async move {
+            while let Ok(message) = read_message(&mut recv).await {
+                if requests_tx.send(message).await.is_err() {
+                    break;
                 }
             }
+        });
+        loop {
+            let out = tokio::select! {
+                message = requests.recv() => match message {
+                    Some(GateMessage::Introduce { peer, candidates }) => {
+                        introduce(&state, session, peer, candidates);
+                        continue;
+                    }
+                    Some(GateMessage::Ping { nonce }) => GateMessage::Pong { nonce },
+                    _ => break,
+                },
+                Some(out) = introductions.recv() => out,
+            };
+            if write_message(&mut send, &out).await.is_err() {
+                break;
+            }
         }
+        reader.abort();
     }
     leave(&state, session);
 }

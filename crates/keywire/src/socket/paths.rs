@@ -91,6 +91,8 @@ impl Route {
 #[derive(Debug)]
 struct Path {
     route: Route,
+    /// The relay to fall back to (the route the path started on, or the gate it moved to).
+    relay: Option<Route>,
     /// Other routes whose packets also belong to this path (received, never sent to).
     aliases: Vec<Route>,
     node: Option<NodeId>,
@@ -132,13 +134,21 @@ struct Tables {
     by_virtual: HashMap<SocketAddr, Path>,
     by_route: HashMap<Route, SocketAddr>,
     by_node: HashMap<NodeId, SocketAddr>,
-    /// Our session at each gate we are registered with, and our address as it sees us.
-    gates: HashMap<SocketAddr, (u64, SocketAddr)>,
+    /// Each gate we are registered with: our session, our address as it sees us, and whether
+    /// it answers its pings.
+    gates: HashMap<SocketAddr, GateEntry>,
     next_id: u64,
     next_lease: u64,
     /// Removed paths, dropped only once the lock is released: dropping a path drops quinn
     /// connection handles, and quinn takes its own locks then (see `PathTable::unlock`).
     graveyard: Vec<Path>,
+}
+
+#[derive(Debug)]
+struct GateEntry {
+    session: u64,
+    observed: SocketAddr,
+    alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why no virtual address was given.
@@ -278,7 +288,7 @@ impl PathTable {
         initial: bool,
         now: Instant,
     ) -> Result<SocketAddr, Refusal> {
-        if self.lock().gates.get(&gate).map(|g| g.0) != Some(session) {
+        if self.lock().gates.get(&gate).map(|g| g.session) != Some(session) {
             return Err(Refusal::NotOurGate);
         }
         self.for_arrival(Route::Relayed { gate, channel }, initial, now)
@@ -340,6 +350,7 @@ impl PathTable {
             v,
             Path {
                 route,
+                relay: matches!(route, Route::Relayed { .. }).then_some(route),
                 aliases: Vec::new(),
                 node: None,
                 switch: Arc::new(PathSwitch::new(route)),
@@ -388,7 +399,7 @@ impl PathTable {
         let route = t.by_virtual.get(virtual_addr)?.route;
         match route {
             Route::Direct(_) => Some((route, None)),
-            Route::Relayed { gate, .. } => Some((route, Some(t.gates.get(&gate)?.0))),
+            Route::Relayed { gate, .. } => Some((route, Some(t.gates.get(&gate)?.session))),
         }
     }
 
@@ -405,14 +416,62 @@ impl PathTable {
         self.lock().by_virtual.get(virtual_addr).map(|p| p.route)
     }
 
-    /// Records our session at a gate (and where it sees us), so its relay frames are accepted.
-    pub(crate) fn add_gate(&self, gate: SocketAddr, session: u64, observed: SocketAddr) {
-        self.lock().gates.insert(gate, (session, observed));
+    /// Records our session at a gate (where it sees us, and its liveness flag), so its relay
+    /// frames are accepted.
+    pub(crate) fn add_gate(
+        &self,
+        gate: SocketAddr,
+        session: u64,
+        observed: SocketAddr,
+        alive: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let entry = GateEntry {
+            session,
+            observed,
+            alive,
+        };
+        self.lock().gates.insert(gate, entry);
+    }
+
+    /// Whether we are registered with `gate` and it answers its pings.
+    pub(crate) fn gate_alive(&self, gate: &SocketAddr) -> bool {
+        self.lock()
+            .gates
+            .get(gate)
+            .is_some_and(|g| g.alive.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// The relay `virtual_addr` falls back to.
+    pub(crate) fn relay_of(&self, virtual_addr: &SocketAddr) -> Option<Route> {
+        self.lock().by_virtual.get(virtual_addr)?.relay
+    }
+
+    /// Moves `virtual_addr`'s relay to `route` (another gate): packets arriving over it belong to
+    /// the path, and a path that is relayed right now switches to it. False if unknown.
+    pub(crate) fn move_relay(&self, virtual_addr: SocketAddr, route: Route, now: Instant) -> bool {
+        let relayed_now = {
+            let mut t = self.lock();
+            let Some(path) = t.by_virtual.get_mut(&virtual_addr) else {
+                return false;
+            };
+            path.relay = Some(route);
+            matches!(path.route, Route::Relayed { .. })
+        };
+        if relayed_now {
+            self.switch(virtual_addr, route, now)
+        } else {
+            self.accept_from(virtual_addr, route)
+        }
+    }
+
+    /// The path of the latest connection to `node`.
+    pub(crate) fn path_of_node(&self, node: &NodeId) -> Option<SocketAddr> {
+        self.lock().by_node.get(node).copied()
     }
 
     /// Our addresses as the gates we use see them (reflexive candidates).
     pub(crate) fn gate_observed_addrs(&self) -> Vec<SocketAddr> {
-        let mut addrs: Vec<SocketAddr> = self.lock().gates.values().map(|g| g.1).collect();
+        let mut addrs: Vec<SocketAddr> = self.lock().gates.values().map(|g| g.observed).collect();
         addrs.sort();
         addrs.dedup();
         addrs
@@ -584,7 +643,7 @@ mod tests {
             table.for_relayed(gate, 5, 1, true, now),
             Err(Refusal::NotOurGate)
         );
-        table.add_gate(gate, 5, real(70));
+        table.add_gate(gate, 5, real(70), Arc::default());
         assert_eq!(
             table.for_relayed(gate, 6, 1, true, now),
             Err(Refusal::NotOurGate)
