@@ -107,28 +107,6 @@ struct Path {
     ever_leased: bool,
 }
 
-/// Held by every live [`crate::Connection`]: a path with none may give its routes to a new
-/// path (an earlier connection to the same peer is over).
-#[derive(Debug)]
-pub(crate) struct PathLease {
-    paths: Arc<PathTable>,
-    virtual_addr: SocketAddr,
-    id: u64,
-}
-
-impl Drop for PathLease {
-    fn drop(&mut self) {
-        let mut t = self.paths.lock();
-        let released = t.by_virtual.get_mut(&self.virtual_addr).and_then(|path| {
-            let index = path.leases.iter().position(|(id, _)| *id == self.id)?;
-            Some(path.leases.swap_remove(index))
-        });
-        // The connection handle goes only after the lock (see `PathTable::unlock`).
-        drop(t);
-        drop(released);
-    }
-}
-
 #[derive(Debug, Default)]
 struct Tables {
     by_virtual: HashMap<SocketAddr, Path>,
@@ -187,52 +165,6 @@ impl PathTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         // Every update leaves the tables consistent before it can panic, so poison is harmless.
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Releases the lock, then drops what was removed under it.
-    ///
-    /// Lock order: quinn holds a connection's lock while it sends, and sending takes this
-    /// table's lock. So nothing may take a quinn lock while holding ours: no `close_reason()`
-    /// and no dropping of a `quinn::Connection` handle under the table lock.
-    fn unlock(t: std::sync::MutexGuard<'_, Tables>) {
-        let mut t = t;
-        let dead = std::mem::take(&mut t.graveyard);
-        drop(t);
-        drop(dead);
-    }
-
-    /// If `route` belongs to a path (other than `keep`) all of whose connections are over,
-    /// removes that path, so a new connection or a path switch can take the route. Asks quinn
-    /// about the connections without holding the table lock (see [`PathTable::unlock`]).
-    fn retire_finished_owner(&self, route: Route, keep: Option<SocketAddr>) {
-        let (owner, connections) = {
-            let t = self.lock();
-            let Some(owner) = t.by_route.get(&route).copied() else {
-                return;
-            };
-            match t.by_virtual.get(&owner) {
-                // A path whose first handshake is still running has no lease yet: not finished.
-                Some(path) if Some(owner) != keep && path.ever_leased => (
-                    owner,
-                    path.leases
-                        .iter()
-                        .map(|(_, c)| c.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                _ => return,
-            }
-        };
-        let finished = connections
-            .iter()
-            .all(|c| c.as_ref().is_some_and(|c| c.close_reason().is_some()));
-        drop(connections);
-        if finished {
-            let mut t = self.lock();
-            if t.by_route.get(&route) == Some(&owner) {
-                Self::remove(&mut t, owner);
-            }
-            Self::unlock(t);
-        }
     }
 
     /// The virtual address for dialing `real` directly (an existing one if `real` is known).
@@ -499,42 +431,6 @@ impl PathTable {
             .map(|p| p.switch.clone())
     }
 
-    /// Records `conn` as a connection on its path, until the lease is dropped. (If the path is
-    /// gone the handle is dropped here, outside the lock.)
-    pub(crate) fn lease(self: &Arc<Self>, conn: &quinn::Connection) -> PathLease {
-        let virtual_addr = conn.remote_address();
-        // Cloning a quinn handle takes quinn's lock: done before taking ours.
-        let handle = Arc::new(conn.clone());
-        let mut t = self.lock();
-        Self::add_lease(&mut t, self, virtual_addr, Some(handle))
-    }
-
-    /// A lease for a handshake in progress on `virtual_addr` (an accepted one), so that the
-    /// path is not retired under it; drop it once the connection has its own.
-    pub(crate) fn handshake_lease(self: &Arc<Self>, virtual_addr: SocketAddr) -> PathLease {
-        let mut t = self.lock();
-        Self::add_lease(&mut t, self, virtual_addr, None)
-    }
-
-    fn add_lease(
-        t: &mut Tables,
-        paths: &Arc<Self>,
-        virtual_addr: SocketAddr,
-        handle: Option<Arc<quinn::Connection>>,
-    ) -> PathLease {
-        t.next_lease += 1;
-        let id = t.next_lease;
-        if let Some(path) = t.by_virtual.get_mut(&virtual_addr) {
-            path.leases.push((id, handle));
-            path.ever_leased = true;
-        }
-        PathLease {
-            paths: paths.clone(),
-            virtual_addr,
-            id,
-        }
-    }
-
     /// Whether `route` is free for `virtual_addr`: unused or already its own.
     fn is_free_for(t: &Tables, virtual_addr: SocketAddr, route: Route) -> bool {
         t.by_route
@@ -612,137 +508,8 @@ fn trim_aliases(aliases: &mut Vec<Route>) -> Vec<Route> {
     aliases.drain(..excess).collect()
 }
 
+mod lease;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn real(port: u16) -> SocketAddr {
-        SocketAddr::new([192, 0, 2, 1].into(), port)
-    }
-
-    #[test]
-    fn one_virtual_address_per_real_address() {
-        let table = PathTable::new(8, Duration::from_secs(60));
-        let now = Instant::now();
-        let v = table.for_dial(real(1), now).unwrap();
-        assert!(is_virtual(&v));
-        assert!(!is_virtual(&real(1)));
-        assert_eq!(table.for_dial(real(1), now), Ok(v));
-        assert_eq!(table.for_source(real(1), false, now), Ok(v));
-        assert_eq!(table.real_for(&v), Some(real(1)));
-        let w = table.for_source(real(2), true, now).unwrap();
-        assert_ne!(v, w);
-    }
-
-    #[test]
-    fn relay_frames_only_from_our_gates_with_our_session() {
-        let table = PathTable::new(8, Duration::from_secs(60));
-        let now = Instant::now();
-        let gate = real(7);
-        assert_eq!(
-            table.for_relayed(gate, 5, 1, true, now),
-            Err(Refusal::NotOurGate)
-        );
-        table.add_gate(gate, 5, real(70), Arc::default());
-        assert_eq!(
-            table.for_relayed(gate, 6, 1, true, now),
-            Err(Refusal::NotOurGate)
-        );
-        assert_eq!(
-            table.for_relayed(gate, 5, 1, false, now),
-            Err(Refusal::NotInitial)
-        );
-        let v = table.for_relayed(gate, 5, 1, true, now).unwrap();
-        assert_eq!(table.for_relayed(gate, 5, 1, false, now), Ok(v));
-        assert_eq!(
-            table.route_for(&v),
-            Some((Route::Relayed { gate, channel: 1 }, Some(5)))
-        );
-        assert_eq!(table.real_for(&v), Some(gate));
-        // Another channel through the same gate is another peer.
-        assert_ne!(table.for_relayed(gate, 5, 2, true, now).unwrap(), v);
-        table.remove_gate(&gate);
-        assert_eq!(
-            table.route_for(&v),
-            None,
-            "no session at the gate: nothing to send with"
-        );
-    }
-
-    #[test]
-    fn only_initial_packets_open_paths() {
-        let table = PathTable::new(8, Duration::from_secs(60));
-        assert_eq!(
-            table.for_source(real(3), false, Instant::now()),
-            Err(Refusal::NotInitial)
-        );
-        assert_eq!(table.len(), 0);
-    }
-
-    #[test]
-    fn bounded_with_stale_eviction() {
-        let table = PathTable::new(2, Duration::from_secs(60));
-        let t0 = Instant::now();
-        table.for_source(real(1), true, t0).unwrap();
-        table
-            .for_source(real(2), true, t0 + Duration::from_secs(30))
-            .unwrap();
-        // Full and nothing stale yet.
-        assert_eq!(
-            table.for_source(real(3), true, t0 + Duration::from_secs(40)),
-            Err(Refusal::Full)
-        );
-        // Entry 1 is stale at t0 + 61 s: it goes, entry 3 comes.
-        assert!(table
-            .for_source(real(3), true, t0 + Duration::from_secs(61))
-            .is_ok());
-        assert_eq!(table.len(), 2);
-        assert_eq!(
-            table.for_source(real(1), false, t0 + Duration::from_secs(61)),
-            Err(Refusal::NotInitial)
-        );
-    }
-
-    #[test]
-    fn switching_moves_the_real_address_and_signals() {
-        let table = PathTable::new(8, Duration::from_secs(60));
-        let now = Instant::now();
-        let v = table.for_dial(real(1), now).unwrap();
-        let signal = table.switch_signal(&v).unwrap();
-        assert_eq!(signal.generation(), 0);
-        let mut watch = signal.subscribe();
-        assert!(table.switch(v, Route::Direct(real(9)), now));
-        assert_eq!(table.real_for(&v), Some(real(9)));
-        assert_eq!(table.for_source(real(9), false, now), Ok(v));
-        assert_eq!(
-            table.for_source(real(1), false, now),
-            Ok(v),
-            "the old route still receives"
-        );
-        assert_eq!(table.aliases(&v), [Route::Direct(real(1))]);
-        assert_eq!(signal.generation(), 1);
-        assert_eq!(signal.switched_at(), Some(now));
-        assert!(watch.has_changed().unwrap());
-        assert_eq!(*watch.borrow_and_update(), Route::Direct(real(9)));
-        // Switching back makes the alias the route again, and no duplicate alias remains.
-        assert!(table.switch(v, Route::Direct(real(1)), now));
-        assert_eq!(table.aliases(&v), [Route::Direct(real(9))]);
-        // Receive-only aliases are bounded; the oldest goes.
-        for port in 100..100 + MAX_ALIASES as u16 + 2 {
-            assert!(table.accept_from(v, Route::Direct(real(port))));
-        }
-        assert_eq!(table.aliases(&v).len(), MAX_ALIASES);
-        assert_eq!(
-            table.for_source(real(100), false, now),
-            Err(Refusal::NotInitial)
-        );
-        assert_eq!(
-            table.for_source(real(101 + MAX_ALIASES as u16), false, now),
-            Ok(v)
-        );
-        // A real address in use by another path (here as an alias) cannot be taken over.
-        let w = table.for_dial(real(5), now).unwrap();
-        assert!(!table.switch(w, Route::Direct(real(101 + MAX_ALIASES as u16)), now));
-        assert!(!table.accept_from(w, Route::Direct(real(1))));
-    }
-}
+pub(crate) use lease::PathLease;
