@@ -164,6 +164,7 @@ class GateTrial:
     start: str = ""
     final: str = ""
     went_direct: bool = False
+    connect_ms: float = None
     to_direct_ms: float = None
     changes: int = None
     fallback_ms: float = None
@@ -263,6 +264,7 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
         _, done = dialer.event("done")
         t.connected = conn is not None
         t.start = conn.get("path", "?") if conn else ""
+        t.connect_ms = conn.get("connect_ms") if conn else None
         t.final = done.get("path", "?") if done else ""
         t.went_direct = any(_is_direct(tr, e) for tr, e in dialer.events)
         if done:
@@ -339,6 +341,7 @@ def _max(values):
 
 def summarize(pair, trials, rtt_ms):
     to_direct = _median([t.to_direct_ms for t in trials if t.went_direct])
+    connect = _median([t.connect_ms for t in trials])
     return {
         "pair": pair.name,
         "expect": pair.expect.describe(),
@@ -348,6 +351,7 @@ def summarize(pair, trials, rtt_ms):
         "as_expected": sum(t.as_expected for t in trials),
         "start": ",".join(sorted({t.start for t in trials if t.start})) or "-",
         "final": ",".join(sorted({t.final for t in trials if t.final})) or "-",
+        "connect_rtt": None if connect is None else connect / rtt_ms,
         "direct": f"{sum(t.went_direct for t in trials)}/{len(trials)}",
         "to_direct_rtt": None if to_direct is None else to_direct / rtt_ms,
         "to_direct_ms": to_direct,
@@ -368,6 +372,7 @@ COLUMNS = [
     ("completed", "done", "{}"),
     ("start", "start", "{}"),
     ("final", "final", "{}"),
+    ("connect_rtt", "connect RTTs", "{:.1f}"),
     ("direct", "direct", "{}"),
     ("to_direct_rtt", "to-direct RTTs", "{:.1f}"),
     ("changes", "changes", "{:g}"),
@@ -376,12 +381,14 @@ COLUMNS = [
     ("expect", "expected", "{}"),
     ("pass", "verdict", "{}"),
 ]
-LEFT = (0, 4, 5, 11)
+LEFT = (0, 4, 5, 12)
 
 
 def figures(row):
     """(figure name, value, unit) of a row for `lab.py bench`'s JSON lines."""
     out = []
+    if row.get("connect_rtt") is not None:
+        out.append(("gate_connect", round(row["connect_rtt"], 2), "lab RTTs"))
     if row.get("to_direct_rtt") is not None:
         out.append(("gate_to_direct", round(row["to_direct_rtt"], 2), "lab RTTs"))
     if row.get("fallback_ms") is not None:
@@ -400,7 +407,7 @@ def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
             if verbose:
                 log(f"{sc.name} {pair.name} #{i + 1}: "
                     f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s"
-                    f" (start {t.start or '-'}, final {t.final or '-'}, to direct "
+                    f" (start {t.start or '-'} at {t.connect_ms if t.connect_ms is None else round(t.connect_ms)} ms, final {t.final or '-'}, to direct "
                     f"{t.to_direct_ms if t.to_direct_ms is None else round(t.to_direct_ms)} ms, "
                     f"changes {t.changes}, back to relay {t.fallback_ms if t.fallback_ms is None else round(t.fallback_ms)} ms"
                     f", listener back to relay {t.listener_fallback_ms if t.listener_fallback_ms is None else round(t.listener_fallback_ms)} ms"

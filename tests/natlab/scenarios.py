@@ -70,7 +70,7 @@ def same_lan(trials=2, delay_ms=20.0):
 
 def gate_both_nat(trials=2, delay_ms=20.0, payload_bytes=20 * MIB):
     """Both peers behind port-restricted NATs, one gate: connect by ticket through the gate,
-    stream 20 MiB; must end direct (hole punching between two port-preserving EIM NATs)."""
+    stream the payload (20 MiB; CI: 4 MiB); must end direct (hole punching between two port-preserving EIM NATs)."""
     return Scenario("gate-both-nat", gate_both_nat.__doc__,
                     [Pair("port-restricted", "port-restricted", GateExpect())],
                     payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
