@@ -165,6 +165,17 @@ def self_checks(lab, binary):
     ok &= caught
     print(f"self-check: the runner {'flags' if caught else 'DOES NOT FLAG'} a transfer that was "
           f"expected to fail", flush=True)
+    # The gate runner: a NAT'd dialer reaches a public listener directly at once, so a demand
+    # for a relayed start must be flagged (while the bytes still arrive).
+    import scenarios
+    from gates import GateExpect, run_gate_trial
+    sc = scenarios.gate_nat_public(trials=1, payload_bytes=1 << 16)
+    g = run_gate_trial(lab, binary, sc, Pair("port-restricted", "public", GateExpect(start="relayed")),
+                       data, data, lab.tmpdir)
+    caught = g.completed and g.start == "direct" and not g.as_expected
+    ok &= caught
+    print(f"self-check: the gate runner {'flags' if caught else 'DOES NOT FLAG'} a direct start "
+          f"that was expected to be relayed", flush=True)
     return ok
 
 
