@@ -69,9 +69,18 @@ def run_scenarios(lab, binary, scenarios, json_lines=False):
             lab.impair = dict(sc.impair)
             lab.start_forwarder(sc.delay_ms)
         t0 = time.monotonic()
-        results = run_pairs(lab, binary, sc.pairs, sc.trials, payload(sc.payload_bytes),
-                            payload(sc.reply_bytes), lab.tmpdir)
-        rows = [summarize(p, results[p.name], lab.rtt_ms) for p in sc.pairs]
+        table = {}
+        if sc.run:  # e.g. gates.run_scenario, with its own columns
+            import gates
+            rows = sc.run(lab, binary, sc, payload(sc.payload_bytes), payload(sc.reply_bytes),
+                          lab.tmpdir)
+            table = {"columns": gates.COLUMNS, "left": gates.LEFT}
+            for r in rows:
+                r["figures"] = gates.figures(r)
+        else:
+            results = run_pairs(lab, binary, sc.pairs, sc.trials, payload(sc.payload_bytes),
+                                payload(sc.reply_bytes), lab.tmpdir)
+            rows = [summarize(p, results[p.name], lab.rtt_ms) for p in sc.pairs]
         ok = all(r["pass"] for r in rows)
         all_ok &= ok
         title = (f"scenario {sc.name}: {sc.description}\n  {sc.trials} trials per pair, one-way delay "
@@ -79,7 +88,7 @@ def run_scenarios(lab, binary, scenarios, json_lines=False):
                  + (f", impairment {sc.impair}" if sc.impair else "")
                  + f", payload {sc.payload_bytes} bytes; {time.monotonic() - t0:.0f} s; "
                  + ("PASS" if ok else "FAIL"))
-        print(format_table(rows, title) + "\n", flush=True)
+        print(format_table(rows, title, **table) + "\n", flush=True)
         for r in rows:
             r["scenario"] = sc.name
             r["lab_rtt_ms"] = lab.rtt_ms
@@ -93,13 +102,16 @@ def run_scenarios(lab, binary, scenarios, json_lines=False):
             print(json.dumps({"bench": f"natlab.as_expected.{key}", "value": r["as_expected"],
                               "unit": f"of {r['trials']} trials", "expected": r["expect"],
                               "baseline": None, "ratio": None}))
-            if r["ttfb_rtt"] is not None:
+            for name, value, unit in r.get("figures", []):
+                print(json.dumps({"bench": f"natlab.{name}.{key}", "value": value, "unit": unit,
+                                  "baseline": None, "ratio": None}))
+            if r.get("ttfb_rtt") is not None:
                 print(json.dumps({"bench": f"natlab.ttfb.{key}", "value": round(r["ttfb_rtt"], 2),
                                   "unit": "lab RTTs", "baseline": None, "ratio": None}))
-            if r["direct_rtt"] is not None:
+            if r.get("direct_rtt") is not None:
                 print(json.dumps({"bench": f"natlab.direct.{key}", "value": round(r["direct_rtt"], 2),
                                   "unit": "lab RTTs", "baseline": None, "ratio": None}))
-            if r["kw_rtt_ms"] is not None:
+            if r.get("kw_rtt_ms") is not None:
                 print(json.dumps({"bench": f"natlab.rtt.{key}", "value": round(r["kw_rtt_ms"], 2),
                                   "unit": "ms", "baseline": r["lab_rtt_ms"],
                                   "ratio": round(r["kw_rtt_ms"] / r["lab_rtt_ms"], 3)}))
@@ -153,6 +165,17 @@ def self_checks(lab, binary):
     ok &= caught
     print(f"self-check: the runner {'flags' if caught else 'DOES NOT FLAG'} a transfer that was "
           f"expected to fail", flush=True)
+    # The gate runner: a NAT'd dialer reaches a public listener directly at once, so a demand
+    # for a relayed start must be flagged (while the bytes still arrive).
+    import scenarios
+    from gates import GateExpect, run_gate_trial
+    sc = scenarios.gate_nat_public(trials=1, payload_bytes=1 << 16)
+    g = run_gate_trial(lab, binary, sc, Pair("port-restricted", "public", GateExpect(start="relayed")),
+                       data, data, lab.tmpdir)
+    caught = g.completed and g.start == "direct" and not g.as_expected
+    ok &= caught
+    print(f"self-check: the gate runner {'flags' if caught else 'DOES NOT FLAG'} a direct start "
+          f"that was expected to be relayed", flush=True)
     return ok
 
 

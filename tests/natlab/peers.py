@@ -2,7 +2,8 @@
 
 A `KeywireProc` starts `keywire --json ...` in a namespace (recorded for cleanup, dies with the
 runner), feeds stdin from a file, hashes stdout (and notes when its first byte arrived), and
-collects the JSON events of stderr with the runner's receive time.
+collects the JSON events of stderr with the runner's receive time. With `stdin_rate` (bytes per
+second) stdin is fed from the file at that pace, so a transfer stays in flight for a known time.
 """
 
 import hashlib
@@ -14,7 +15,8 @@ import time
 
 
 class KeywireProc:
-    def __init__(self, lab, binary, host, args, keyfile, network, stdin_path=None, label=""):
+    def __init__(self, lab, binary, host, args, keyfile, network, stdin_path=None, label="",
+                 stdin_rate=None):
         self.label = label or host.name
         self.events = []  # (monotonic time received, dict)
         self.text = []  # stderr lines that are not JSON
@@ -24,17 +26,48 @@ class KeywireProc:
         self.last_byte_t = None
         self._cv = threading.Condition()
         self.lab = lab
-        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        paced = stdin_path is not None and stdin_rate is not None
+        if paced:
+            stdin = subprocess.PIPE
+        else:
+            stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
         self.t_spawn = time.monotonic()
         self.proc = lab.reg.spawn(
             host.ns, [binary, "--key", keyfile, "--network", network, "--json"] + list(args),
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if stdin_path:
+        if stdin_path and not paced:
             stdin.close()
         self._threads = [threading.Thread(target=self._read_out, daemon=True),
                          threading.Thread(target=self._read_err, daemon=True)]
+        if paced:
+            threading.Thread(target=self._feed, args=(stdin_path, stdin_rate), daemon=True).start()
         for t in self._threads:
             t.start()
+
+    def _feed(self, path, rate):
+        """Writes the file to stdin at `rate` bytes/s (in 64 KiB steps), then closes stdin."""
+        sink = self.proc.stdin
+        t0 = time.monotonic()
+        sent = 0
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read(64 << 10)
+                    if not chunk:
+                        break
+                    ahead = sent / rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    sink.write(chunk)
+                    sink.flush()
+                    sent += len(chunk)
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the process went away; its exit code tells the story
+        finally:
+            try:
+                sink.close()
+            except OSError:
+                pass
 
     def _read_out(self):
         f = self.proc.stdout
@@ -70,12 +103,18 @@ class KeywireProc:
 
     def wait_event(self, name, timeout):
         """The first event named `name` (waiting up to `timeout` s), or None."""
+        hit = self.wait_match(lambda t, ev: ev.get("event") == name, timeout)
+        return hit[1] if hit else None
+
+    def wait_match(self, pred, timeout):
+        """The first (receive time, event) for which pred(t, ev) holds, waiting up to `timeout`
+        s (less if the process ends), or None."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
                 for t, ev in self.events:
-                    if ev.get("event") == name:
-                        return ev
+                    if pred(t, ev):
+                        return t, ev
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._threads[1].is_alive()):
                     return None

@@ -212,19 +212,21 @@ COLUMNS = [
 ]
 
 
-def format_table(rows, title=""):
-    """A plain-text table of summarize() rows."""
+def format_table(rows, title="", columns=None, left=(0, 4, 9)):
+    """A plain-text table of summarize() rows (`columns`: (key, header, format), default
+    COLUMNS; `left`: the indexes of left-aligned columns)."""
+    columns = columns or COLUMNS
     def cell(row, key, fmt):
         v = row.get(key)
         if key == "pass":
             return "PASS" if v else "FAIL"
         return "-" if v is None else fmt.format(v)
 
-    cells = [[h for _, h, _ in COLUMNS]] + [[cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    cells = [[h for _, h, _ in columns]] + [[cell(r, k, f) for k, _, f in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     lines = [title] if title else []
     for n, c in enumerate(cells):
-        lines.append("  ".join(x.ljust(w) if i in (0, 4, 9) else x.rjust(w)
+        lines.append("  ".join(x.ljust(w) if i in left else x.rjust(w)
                                for i, (x, w) in enumerate(zip(c, widths))).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -6,7 +6,9 @@ returning `Scenario` objects, registered in SCENARIOS.
 
 from dataclasses import dataclass, field
 
+import gates
 import routers
+from gates import GateExpect
 from runner import Expect, Pair
 
 MIB = 1 << 20
@@ -23,6 +25,8 @@ class Scenario:
     delay_ms: float = 20.0
     trials: int = 2
     impair: dict = field(default_factory=dict)
+    run: object = None  # None: the pair runner (runner.run_pairs); else e.g. gates.run_scenario
+    params: dict = field(default_factory=dict)
 
 
 def dial_public(trials=2, delay_ms=20.0):
@@ -62,20 +66,71 @@ def same_lan(trials=2, delay_ms=20.0):
                     trials=trials, delay_ms=delay_ms)
 
 
+# -- gates (tests/natlab/gates.py): a `keywire gate` on the public host gate1 ---------------
+
+def gate_both_nat(trials=2, delay_ms=20.0, payload_bytes=20 * MIB):
+    """Both peers behind port-restricted NATs, one gate: connect by ticket through the gate,
+    stream the payload (20 MiB; CI: 4 MiB); must end direct (hole punching between two port-preserving EIM NATs)."""
+    return Scenario("gate-both-nat", gate_both_nat.__doc__,
+                    [Pair("port-restricted", "port-restricted", GateExpect())],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario)
+
+
+def gate_nat_public(trials=2, delay_ms=20.0, payload_bytes=20 * MIB):
+    """Listener behind a port-restricted NAT with a gate, dialer public: the direct dial is
+    filtered, so the connection starts relayed and must switch to direct. Also the reverse
+    (dialer behind the NAT, public listener with a gate): must end direct."""
+    return Scenario("gate-nat-public", gate_nat_public.__doc__,
+                    [Pair("public", "port-restricted", GateExpect(start="relayed")),
+                     Pair("port-restricted", "public", GateExpect())],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario)
+
+
+def gate_path_cut(trials=2, delay_ms=20.0, payload_bytes=12 * MIB, rate=2 * MIB):
+    """Both peers behind port-restricted NATs; the payload is fed at 2 MiB/s so it is in flight
+    when, 1 s after going direct, UDP between the peers' public addresses is dropped in the
+    internet (the gate stays reachable): a path event back to relayed within 3 s of the cut, and
+    every byte arrives."""
+    return Scenario("gate-path-cut", gate_path_cut.__doc__,
+                    [Pair("port-restricted", "port-restricted", GateExpect(mode="cut"))],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
+
+
+def gate_killed_while_direct(trials=2, delay_ms=20.0, payload_bytes=8 * MIB, rate=2 * MIB):
+    """Both peers behind port-restricted NATs; 1 s after the path went direct the gate is
+    killed (SIGKILL) with the payload (fed at 2 MiB/s) in flight: every byte must arrive."""
+    return Scenario("gate-killed-while-direct", gate_killed_while_direct.__doc__,
+                    [Pair("port-restricted", "port-restricted", GateExpect(mode="kill"))],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
     "lossy": lossy,
     "same-lan": same_lan,
+    "gate-both-nat": gate_both_nat,
+    "gate-nat-public": gate_nat_public,
+    "gate-path-cut": gate_path_cut,
+    "gate-killed-while-direct": gate_killed_while_direct,
 }
 
 
 def ci_scenarios():
     """The short lab CI runs."""
-    return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2)]
+    return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2),
+            gate_both_nat(trials=1, payload_bytes=4 * MIB),
+            gate_nat_public(trials=1, payload_bytes=4 * MIB),
+            gate_path_cut(trials=1, payload_bytes=8 * MIB)]
 
 
 def bench_scenarios():
     """The long version (`keywire bench natlab`)."""
     return ([dial_public(trials=10)] + [rtt(d, trials=5) for d in (5.0, 20.0, 50.0)]
-            + [lossy(trials=5), same_lan(trials=5)])
+            + [lossy(trials=5), same_lan(trials=5)]
+            + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
+               gate_killed_while_direct(trials=5)])

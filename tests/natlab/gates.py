@@ -1,0 +1,418 @@
+"""Gate scenarios: a `keywire gate` on a public host; the listener registers with it and puts it
+in its ticket; the dialer dials the ticket (directly and through the gate at once).
+
+Every trial starts a fresh gate (fresh key, port, network id), a listener and a dialer, and
+stops all three (by PID). What is asserted comes from keywire's JSON events only:
+- `connected.path`: how the connection started ("direct" | "relayed");
+- `path` events: each switch, `ms` since the dialer's dial start (listener: since its accept);
+- `done.path` (final path), `done.to_direct_ms`, `done.path_changes`.
+
+Modes (Scenario.params["mode"]):
+- "transfer": stream the payload; the expectation says how it must start and end;
+- "cut":      once direct, drop UDP between the two peers' public addresses in the internet
+              namespace (the gate stays reachable); a `path` event back to "relayed" must come
+              within `fallback_limit_s` of the cut; the transfer must still complete;
+- "kill":     once direct, SIGKILL the gate; the transfer must still complete.
+
+Clocks: the runner notes the cut on its monotonic clock just *before* running nft; keywire's
+`ms` counts from the dialer's dial start, which comes after process start-up. The dial start on
+the runner's clock is estimated as min(receive time - ms) over the dialer's events: each event
+is received after it was written, so this is never earlier than the true dial start. The cut time
+on the dialer's clock is thus never later than the truth and the measured fallback delay never
+shorter than the truth (the error is the event's pipe latency, well under a millisecond).
+"""
+
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import routers
+from netns import log, nft, ns_run
+from peers import KeywireProc, bind_addr
+from topology import Room
+
+GATE_HOST = ("gate1", "192.0.2.50", "2001:db8:200::50")  # a public host of its own
+CUT_TABLE = "kwcut"
+
+
+@dataclass
+class GateExpect:
+    """start: required initial path (None: either); direct: must end direct (and have gone
+    direct); fallback_limit_s: in "cut" mode, the limit for the path event back to relayed."""
+    start: str = None
+    direct: bool = True
+    fallback_limit_s: float = 3.0
+    mode: str = "transfer"
+
+    def describe(self):
+        parts = ["bytes ok"]
+        if self.start:
+            parts.append(f"starts {self.start}")
+        if self.mode == "cut":
+            parts.append(f"direct, cut, relayed <= {self.fallback_limit_s:g} s")
+        elif self.mode == "kill":
+            parts.append("direct, gate killed")
+        elif self.direct:
+            parts.append("ends direct")
+        return ", ".join(parts)
+
+
+class GateProc:
+    """`keywire --json gate`: its one stdout JSON line is the `gate` event."""
+
+    def __init__(self, lab, binary, host, port, keyfile, network, logfile):
+        self.lab = lab
+        self.event = None
+        self._got = threading.Event()
+        self._err = open(logfile, "wb")
+        self.proc = lab.reg.spawn(
+            host.ns, [binary, "--key", keyfile, "--network", network, "--json", "gate",
+                      "--bind", bind_addr(host.v4, port), "--report-every", "0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            self.lines.append(line)
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and ev.get("event") == "gate" and self.event is None:
+                self.event = ev
+                self._got.set()
+        self._got.set()
+
+    def wait_ready(self, timeout):
+        self._got.wait(timeout)
+        return self.event
+
+    def kill(self):
+        """SIGKILL, no goodbye: the gate vanishes as a crashed or unplugged one would."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self):
+        self.lab.reg.stop(self.proc)
+        self._reader.join(timeout=5)
+        self._err.close()
+
+
+def gate_host(lab):
+    name, v4, v6 = GATE_HOST
+    return lab.hosts.get(name) or lab.add_public_host(name, v4, v6)
+
+
+def listener_room(lab, kind):
+    """The listener's room: pub1 if public, else a router of `kind` of its own (so that both
+    peers can sit behind routers of the same kind)."""
+    key = f"gl-{kind}"
+    if key in lab.rooms:
+        return lab.rooms[key]
+    if kind == "public":
+        room = Room(kind, [lab.hosts["pub1"]], [], 4)
+    else:
+        if kind not in routers.ROUTER_OF_ROOM or kind in ("cgnat", "ipv6-fw") \
+                or kind in routers.ROOM_PEERS:
+            raise ValueError(f"gate scenarios: unsupported listener kind {kind!r}")
+        r = lab.add_router(f"r-{key}", routers.ROUTER_OF_ROOM[kind])
+        room = Room(kind, [lab.add_peer(r, f"{key}-a")], [r], 4)
+    lab.rooms[key] = room
+    return room
+
+
+def cut_direct(lab, a, b):
+    """Drops UDP between public addresses a and b in the internet namespace (every packet
+    between hosts crosses it), leaving traffic to and from anyone else (the gate) alone."""
+    nft(lab.inet, f"""table inet {CUT_TABLE} {{
+  chain forward {{ type filter hook forward priority -10; policy accept;
+    ip saddr {{ {a}, {b} }} ip daddr {{ {a}, {b} }} meta l4proto udp counter drop
+  }}
+}}""")
+
+
+def uncut(lab):
+    ns_run(lab.inet, ["nft", "delete", "table", "inet", CUT_TABLE], check=False)
+
+
+def cut_drops(lab):
+    out = ns_run(lab.inet, ["nft", "list", "table", "inet", CUT_TABLE], check=False)
+    for word in out.split("packets ")[1:]:
+        return int(word.split()[0])
+    return None
+
+
+@dataclass
+class GateTrial:
+    pair: object
+    connected: bool = False
+    completed: bool = False
+    as_expected: bool = False
+    start: str = ""
+    final: str = ""
+    went_direct: bool = False
+    connect_ms: float = None
+    to_direct_ms: float = None
+    changes: int = None
+    fallback_ms: float = None
+    listener_fallback_ms: float = None
+    dial_offset_ms: float = None
+    cut_drops: int = None
+    mib_s: float = None
+    seconds: float = 0.0
+    note: str = ""
+    notes: list = field(default_factory=list)
+
+
+def _is_direct(t, ev):
+    return (ev.get("event") in ("connected", "path")) and ev.get("path") == "direct"
+
+
+def dial_start(proc):
+    """Estimated dial start on the runner's clock (see the module docstring)."""
+    cands = []
+    for t, ev in proc.events:
+        if ev.get("event") == "path" and ev.get("ms") is not None:
+            cands.append(t - ev["ms"] / 1000.0)
+        elif ev.get("event") == "connected" and ev.get("connect_ms") is not None:
+            cands.append(t - ev["connect_ms"] / 1000.0)
+    return min(cands) if cands else None
+
+
+def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.0):
+    exp = pair.expect
+    mode = exp.mode
+    t = GateTrial(pair)
+    t0 = time.monotonic()
+    lab.flush_state()
+    d_room = lab.add_room(pair.dialer)
+    l_room = listener_room(lab, pair.listener)
+    g_host = gate_host(lab)
+    d_host, l_host = d_room.peer, l_room.peer
+    trial_dir = os.path.join(workdir, f"gtrial-{time.monotonic_ns()}")
+    os.makedirs(trial_dir)
+    network = f"natlab-{random.getrandbits(64):016x}"
+    gport = random.randrange(9000, 9998, 2)
+    port = random.randint(7000, 8999)
+    rate = sc.params.get("stdin_rate")
+    gate = listener = dialer = None
+    cut = False
+    problems = []
+    try:
+        gate = GateProc(lab, binary, g_host, gport, os.path.join(trial_dir, "gate.key"), network,
+                        os.path.join(trial_dir, "gate.err"))
+        gev = gate.wait_ready(15)
+        if not gev:
+            t.note = f"gate did not start: {gate.lines[-3:]}"
+            return t
+        listener = KeywireProc(lab, binary, l_host,
+                               ["listen", "--bind", bind_addr(l_host.v4, port), "--gate", gev["ticket"]],
+                               os.path.join(trial_dir, "listener.key"), network, reply[0], "listener")
+        ev = listener.wait_event("listening", 15)
+        if not ev:
+            t.note = f"listener did not start: {listener.error_text()}"
+            return t
+        if not ev.get("gates"):
+            problems.append(f"listener ticket carries no gate: {ev}")
+        dialer = KeywireProc(lab, binary, d_host, ["connect", ev["ticket"]],
+                             os.path.join(trial_dir, "dialer.key"), network, payload[0], "dialer",
+                             stdin_rate=rate)
+        t_act = None
+        if mode in ("cut", "kill"):
+            hit = dialer.wait_match(_is_direct, 30)
+            if hit is None:
+                problems.append(f"never went direct within 30 s, so no {mode}")
+            else:
+                time.sleep(sc.params.get("act_after_s", 1.0))  # let data flow on the direct path
+                if dialer.proc.poll() is not None:
+                    problems.append(f"the transfer ended before the {mode}: payload too small")
+                t_act = time.monotonic()
+                if mode == "cut":
+                    cut_direct(lab, d_room.public_ip, l_room.public_ip)
+                    cut = True
+                    log(f"cut direct path {d_room.public_ip} <-> {l_room.public_ip} at "
+                        f"{(t_act - dialer.t_spawn) * 1000:.0f} ms after the dialer's spawn")
+                    back = dialer.wait_match(
+                        lambda tr, e: tr >= t_act and e.get("event") == "path"
+                        and e.get("path") == "relayed", max(10.0, 3 * exp.fallback_limit_s))
+                    if back is None:
+                        problems.append("no path event back to relayed within "
+                                        f"{max(10.0, 3 * exp.fallback_limit_s):g} s of the cut")
+                else:
+                    gate.kill()
+                    log(f"gate killed at {(t_act - dialer.t_spawn) * 1000:.0f} ms after the "
+                        "dialer's spawn")
+        d_rc = dialer.wait(max(1.0, timeout_s - (time.monotonic() - t0)))
+        l_rc = listener.wait(max(5.0, timeout_s - (time.monotonic() - t0)))
+        if cut:
+            t.cut_drops = cut_drops(lab)
+        # -- what keywire said -------------------------------------------------------------
+        _, conn = dialer.event("connected")
+        _, done = dialer.event("done")
+        t.connected = conn is not None
+        t.start = conn.get("path", "?") if conn else ""
+        t.connect_ms = conn.get("connect_ms") if conn else None
+        t.final = done.get("path", "?") if done else ""
+        t.went_direct = any(_is_direct(tr, e) for tr, e in dialer.events)
+        if done:
+            t.to_direct_ms = done.get("to_direct_ms")
+            t.changes = done.get("path_changes")
+            if done.get("seconds"):
+                t.mib_s = payload[1] / done["seconds"] / (1 << 20)
+        start = dial_start(dialer)
+        if start is not None:
+            t.dial_offset_ms = (start - dialer.t_spawn) * 1000.0
+        if mode == "cut" and t_act is not None and start is not None:
+            cut_ms = (t_act - start) * 1000.0  # the cut on the dialer's clock
+            backs = [e["ms"] for tr, e in dialer.events if e.get("event") == "path"
+                     and e.get("path") == "relayed" and e.get("ms", -1) >= cut_ms]
+            if backs:
+                t.fallback_ms = backs[0] - cut_ms
+            l_backs = [tr for tr, e in listener.events if e.get("event") == "path"
+                       and e.get("path") == "relayed" and tr >= t_act]
+            if l_backs:
+                t.listener_fallback_ms = (l_backs[0] - t_act) * 1000.0  # receive time: an upper bound
+        # -- verdict -----------------------------------------------------------------------
+        got_all = (listener.out_bytes == payload[1] and listener.out_hash.hexdigest() == payload[2]
+                   and dialer.out_bytes == reply[1] and dialer.out_hash.hexdigest() == reply[2])
+        t.completed = d_rc == 0 and l_rc == 0 and got_all
+        if d_rc != 0:
+            problems.append(f"dialer exit {d_rc}: {dialer.error_text()[:300]}")
+        if l_rc != 0:
+            problems.append(f"listener exit {l_rc}: {listener.error_text()[:300]}")
+        if not got_all:
+            problems.append(f"bytes: listener got {listener.out_bytes}/{payload[1]}, dialer got "
+                            f"{dialer.out_bytes}/{reply[1]} (or SHA-256 mismatch)")
+        if exp.start and t.connected and t.start != exp.start:
+            problems.append(f"started {t.start}, expected {exp.start}")
+        if mode == "transfer" and exp.direct:
+            if not t.went_direct:
+                problems.append("never went direct (no direct connected/path event)")
+            if t.final and t.final != "direct":
+                problems.append(f"final path {t.final}, expected direct")
+        if mode == "cut" and t_act is not None and not t.cut_drops:
+            problems.append(f"the cut dropped no packets ({t.cut_drops}): it missed the direct path")
+        if mode == "kill" and t_act is not None and gate.proc.returncode != -signal.SIGKILL:
+            problems.append(f"the gate did not die by SIGKILL (exit {gate.proc.returncode})")
+        if mode == "cut" and t_act is not None:
+            if t.fallback_ms is None:
+                problems.append("no path event back to relayed after the cut")
+            elif t.fallback_ms > exp.fallback_limit_s * 1000:
+                problems.append(f"back to relayed {t.fallback_ms:.0f} ms after the cut "
+                                f"(limit {exp.fallback_limit_s * 1000:.0f} ms)")
+        t.as_expected = not problems
+        t.note = "; ".join(problems)
+        if problems:
+            t.notes = [f"dialer events: {[e for _, e in dialer.events][-8:]}"]
+        return t
+    finally:
+        if cut:
+            uncut(lab)
+        for p in (dialer, listener):
+            if p and p.proc.poll() is None:
+                p.stop()
+        if gate:
+            gate.stop()
+        t.seconds = time.monotonic() - t0
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _max(values):
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def summarize(pair, trials, rtt_ms):
+    to_direct = _median([t.to_direct_ms for t in trials if t.went_direct])
+    connect = _median([t.connect_ms for t in trials])
+    return {
+        "pair": pair.name,
+        "expect": pair.expect.describe(),
+        "trials": len(trials),
+        "connected": sum(t.connected for t in trials),
+        "completed": sum(t.completed for t in trials),
+        "as_expected": sum(t.as_expected for t in trials),
+        "start": ",".join(sorted({t.start for t in trials if t.start})) or "-",
+        "final": ",".join(sorted({t.final for t in trials if t.final})) or "-",
+        "connect_rtt": None if connect is None else connect / rtt_ms,
+        "direct": f"{sum(t.went_direct for t in trials)}/{len(trials)}",
+        "to_direct_rtt": None if to_direct is None else to_direct / rtt_ms,
+        "to_direct_ms": to_direct,
+        "changes": _median([t.changes for t in trials]),
+        "fallback_ms": _max([t.fallback_ms for t in trials]),
+        "dial_offset_ms": _median([t.dial_offset_ms for t in trials]),
+        "mib_s": _median([t.mib_s for t in trials if t.completed]),
+        "pass": bool(trials) and all(t.as_expected for t in trials),
+        "notes": ([t.note for t in trials if t.note and not t.as_expected][:2]
+                  + [n for t in trials if not t.as_expected for n in t.notes][:1]),
+    }
+
+
+COLUMNS = [
+    ("pair", "pair", "{}"),
+    ("trials", "trials", "{}"),
+    ("connected", "conn", "{}"),
+    ("completed", "done", "{}"),
+    ("start", "start", "{}"),
+    ("final", "final", "{}"),
+    ("connect_rtt", "connect RTTs", "{:.1f}"),
+    ("direct", "direct", "{}"),
+    ("to_direct_rtt", "to-direct RTTs", "{:.1f}"),
+    ("changes", "changes", "{:g}"),
+    ("fallback_ms", "back-to-relay ms", "{:.0f}"),
+    ("mib_s", "MiB/s", "{:.1f}"),
+    ("expect", "expected", "{}"),
+    ("pass", "verdict", "{}"),
+]
+LEFT = (0, 4, 5, 12)
+
+
+def figures(row):
+    """(figure name, value, unit) of a row for `lab.py bench`'s JSON lines."""
+    out = []
+    if row.get("connect_rtt") is not None:
+        out.append(("gate_connect", round(row["connect_rtt"], 2), "lab RTTs"))
+    if row.get("to_direct_rtt") is not None:
+        out.append(("gate_to_direct", round(row["to_direct_rtt"], 2), "lab RTTs"))
+    if row.get("fallback_ms") is not None:
+        out.append(("gate_back_to_relay", round(row["fallback_ms"]), "ms after the cut (max)"))
+    return out
+
+
+def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
+    """Runs a gate scenario's pairs; returns its table rows."""
+    rows = []
+    for pair in sc.pairs:
+        trials = []
+        for i in range(sc.trials):
+            t = run_gate_trial(lab, binary, sc, pair, payload, reply, workdir)
+            trials.append(t)
+            if verbose:
+                log(f"{sc.name} {pair.name} #{i + 1}: "
+                    f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s"
+                    f" (start {t.start or '-'} at {t.connect_ms if t.connect_ms is None else round(t.connect_ms)} ms, final {t.final or '-'}, to direct "
+                    f"{t.to_direct_ms if t.to_direct_ms is None else round(t.to_direct_ms)} ms, "
+                    f"changes {t.changes}, back to relay {t.fallback_ms if t.fallback_ms is None else round(t.fallback_ms)} ms"
+                    f", listener back to relay {t.listener_fallback_ms if t.listener_fallback_ms is None else round(t.listener_fallback_ms)} ms"
+                    f", dial offset {t.dial_offset_ms if t.dial_offset_ms is None else round(t.dial_offset_ms)} ms"
+                    f"{', cut dropped ' + str(t.cut_drops) + ' packets' if t.cut_drops is not None else ''})"
+                    + (f": {t.note}" if t.note else ""))
+        rows.append(summarize(pair, trials, lab.rtt_ms))
+    return rows
