@@ -54,12 +54,22 @@ fn a_tiny_relay_bench_prints_every_figure() {
             "relay.first_byte_rtt.cold_rtt10ms",
             "relay.first_byte_rtt.registered_rtt10ms",
             "relay.to_direct_relayed_rtt.rtt10ms",
+            "relay.switch_recovery_rtt.rtt10ms",
         ]
     );
-    for line in &lines {
+    let (recovery, others) = lines.split_last().unwrap();
+    for line in others {
         let value = line["value"].as_f64().unwrap();
         assert!(value.is_finite() && value > 0.0, "{line}");
     }
+    // Recovery may take zero windows (goodput never dipped), never a negative or missing count.
+    let windows = recovery["value"].as_f64().unwrap();
+    assert!(windows.is_finite() && windows >= 0.0, "{recovery}");
+    assert!(
+        recovery["steady_mib_per_s"].as_f64().unwrap() > 0.0,
+        "{recovery}"
+    );
+    assert!(["PASS", "MISS"].contains(&recovery["verdict"].as_str().unwrap()));
     // Set-up through a 10 ms RTT proxy takes at least one round trip (a figure under 1 would
     // mean the proxy was bypassed).
     assert!(lines[2]["value"].as_f64().unwrap() >= 1.0, "{}", lines[2]);

@@ -124,7 +124,17 @@ impl Upgrades {
         let Route::Relayed { .. } = self.paths.route_of(&virtual_addr)? else {
             return None;
         };
-        let prober = if self.enabled && !peer_candidates.is_empty() {
+        // Candidates our socket cannot send to (the other address family) are left out.
+        let local = self.socket.real_local_addr().ok();
+        let peer_candidates: Vec<SocketAddr> = peer_candidates
+            .iter()
+            .copied()
+            .filter(|c| local.is_none_or(|l| can_reach(l, *c)))
+            .collect();
+        let peer_candidates = &peer_candidates[..];
+        // Even with no candidate to try, the prober answers the peer's probes (and checks where
+        // they come from), so the peer can find the way.
+        let prober = if self.enabled {
             let mut exported = [0u8; 32];
             conn.export_keying_material(&mut exported, PROBE_EXPORTER_LABEL, b"")
                 .ok()?;
@@ -162,6 +172,16 @@ impl Upgrades {
             task.run(stopped).await;
         });
         Some(UpgradeGuard { _stop: stop })
+    }
+}
+
+/// Whether a socket bound at `local` can send to `to`: an IPv4 socket only to IPv4, a socket on
+/// a specific IPv6 address only to IPv6, a dual-stack one (`[::]`) to both.
+fn can_reach(local: SocketAddr, to: SocketAddr) -> bool {
+    match local {
+        SocketAddr::V4(_) => to.is_ipv4(),
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => true,
+        SocketAddr::V6(_) => to.is_ipv6(),
     }
 }
 

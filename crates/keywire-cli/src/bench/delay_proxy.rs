@@ -34,8 +34,26 @@ type Delayed = (Instant, Vec<u8>, SocketAddr);
 impl DelayProxy {
     /// Starts a proxy in front of `server` adding `one_way` in each direction.
     pub async fn start(server: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let addr = socket.local_addr()?;
+        Self::serve(socket, addr, server, one_way)
+    }
+
+    /// Like [`DelayProxy::start`], but reachable at 127.0.0.1 in front of a server on IPv6
+    /// loopback (one dual-stack socket carries both sides).
+    pub async fn start_v4_to_v6(server: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind("[::]:0").await?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], socket.local_addr()?.port()));
+        Self::serve(socket, addr, server, one_way)
+    }
+
+    fn serve(
+        socket: UdpSocket,
+        addr: SocketAddr,
+        server: SocketAddr,
+        one_way: Duration,
+    ) -> std::io::Result<Self> {
+        let socket = Arc::new(socket);
         let (to_server, from_client) = mpsc::channel::<Delayed>(QUEUE);
         let (to_client, from_server) = mpsc::channel::<Delayed>(QUEUE);
         let forwarders =

@@ -7,6 +7,7 @@ mod delay_proxy;
 mod dht;
 mod natlab;
 mod relay;
+mod relay_switch;
 mod stats;
 mod throughput;
 

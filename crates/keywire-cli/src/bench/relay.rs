@@ -68,7 +68,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     throughput(size, rounds).await?;
     let rtt = Duration::from_millis(args.rtt_ms);
     first_byte(rtt, trials).await?;
-    to_direct(rtt, trials).await
+    to_direct(rtt, trials).await?;
+    super::relay_switch::recovery(rtt, trials.min(5)).await
 }
 
 /// A gate whose limits do not shape what is measured: relaying at 1 GiB/s per client (the
