@@ -12,14 +12,23 @@ Modes (Scenario.params["mode"]):
 - "cut":      once direct, drop UDP between the two peers' public addresses in the internet
               namespace (the gate stays reachable); a `path` event back to "relayed" must come
               within `fallback_limit_s` of the cut; the transfer must still complete;
-- "kill":     once direct, SIGKILL the gate; the transfer must still complete.
+- "kill":     once direct, SIGKILL the gate; the transfer must still complete;
+- "failover": two gates (gate1, gate2), both in the listener's ticket, peers whose NATs allow no
+              direct path (the connection must start relayed and never go direct); 1 s after
+              `connected`, SIGKILL the gate the connection uses (`connected.gate`): a `path`
+              event, still "relayed", naming the *other* gate must come within
+              `failover_limit_s` of the kill, the transfer must still complete, and `done.gate`
+              must be the other gate.
 
 Clocks: the runner notes the cut on its monotonic clock just *before* running nft; keywire's
 `ms` counts from the dialer's dial start, which comes after process start-up. The dial start on
 the runner's clock is estimated as min(receive time - ms) over the dialer's events: each event
 is received after it was written, so this is never earlier than the true dial start. The cut time
 on the dialer's clock is thus never later than the truth and the measured fallback delay never
-shorter than the truth (the error is the event's pipe latency, well under a millisecond).
+shorter than the truth (the error is the event's pipe latency, well under a millisecond). The
+gate kill of "failover" mode is timed the same way: noted just *before* the SIGKILL, mapped to
+the dialer's clock through the same estimate, so the measured failover delay is never shorter
+than the truth either.
 """
 
 import json
@@ -37,18 +46,21 @@ from netns import log, nft, ns_run
 from peers import KeywireProc, bind_addr
 from topology import Room
 
-GATE_HOST = ("gate1", "192.0.2.50", "2001:db8:200::50")  # a public host of its own
+GATE_HOSTS = [("gate1", "192.0.2.50", "2001:db8:200::50"),  # public hosts of their own
+              ("gate2", "192.0.2.51", "2001:db8:200::51")]
 CUT_TABLE = "kwcut"
 
 
 @dataclass
 class GateExpect:
     """start: required initial path (None: either); direct: must end direct (and have gone
-    direct); fallback_limit_s: in "cut" mode, the limit for the path event back to relayed."""
+    direct); fallback_limit_s: in "cut" mode, the limit for the path event back to relayed;
+    failover_limit_s: in "failover" mode, the limit for the path event naming the other gate."""
     start: str = None
     direct: bool = True
     fallback_limit_s: float = 3.0
     mode: str = "transfer"
+    failover_limit_s: float = 5.0
 
     def describe(self):
         parts = ["bytes ok"]
@@ -58,6 +70,8 @@ class GateExpect:
             parts.append(f"direct, cut, relayed <= {self.fallback_limit_s:g} s")
         elif self.mode == "kill":
             parts.append("direct, gate killed")
+        elif self.mode == "failover":
+            parts.append(f"never direct, gate killed, other gate <= {self.failover_limit_s:g} s")
         elif self.direct:
             parts.append("ends direct")
         return ", ".join(parts)
@@ -111,9 +125,23 @@ class GateProc:
         self._err.close()
 
 
-def gate_host(lab):
-    name, v4, v6 = GATE_HOST
+def gate_host(lab, index=0):
+    name, v4, v6 = GATE_HOSTS[index]
     return lab.hosts.get(name) or lab.add_public_host(name, v4, v6)
+
+
+def same_addr(a, b):
+    """Whether two socket address strings name the same IPv4/IPv6 address and port (an IPv4
+    address may appear v4-mapped, `[::ffff:192.0.2.50]:9000`, on a dual-stack socket)."""
+    def norm(text):
+        if not text:
+            return None
+        host, _, port = str(text).rpartition(":")
+        host = host.strip("[]").lower()
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:"):]
+        return host, port
+    return norm(a) is not None and norm(a) == norm(b)
 
 
 def listener_room(lab, kind):
@@ -169,6 +197,10 @@ class GateTrial:
     changes: int = None
     fallback_ms: float = None
     listener_fallback_ms: float = None
+    failover_ms: float = None
+    listener_failover_ms: float = None
+    killed_gate: str = ""
+    new_gate: str = ""
     dial_offset_ms: float = None
     cut_drops: int = None
     mib_s: float = None
@@ -200,7 +232,8 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
     lab.flush_state()
     d_room = lab.add_room(pair.dialer)
     l_room = listener_room(lab, pair.listener)
-    g_host = gate_host(lab)
+    n_gates = 2 if mode == "failover" else 1
+    g_hosts = [gate_host(lab, i) for i in range(n_gates)]
     d_host, l_host = d_room.peer, l_room.peer
     trial_dir = os.path.join(workdir, f"gtrial-{time.monotonic_ns()}")
     os.makedirs(trial_dir)
@@ -209,28 +242,63 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
     port = random.randint(7000, 8999)
     rate = sc.params.get("stdin_rate")
     gate = listener = dialer = None
+    gate_procs = []
+    gevs = []
     cut = False
     problems = []
     try:
-        gate = GateProc(lab, binary, g_host, gport, os.path.join(trial_dir, "gate.key"), network,
-                        os.path.join(trial_dir, "gate.err"))
-        gev = gate.wait_ready(15)
-        if not gev:
-            t.note = f"gate did not start: {gate.lines[-3:]}"
-            return t
+        for i, g_host in enumerate(g_hosts):
+            name = f"gate{i + 1}" if n_gates > 1 else "gate"
+            g = GateProc(lab, binary, g_host, gport, os.path.join(trial_dir, f"{name}.key"),
+                         network, os.path.join(trial_dir, f"{name}.err"))
+            gate_procs.append(g)
+            gev = g.wait_ready(15)
+            if not gev:
+                t.note = f"{name} did not start: {g.lines[-3:]}"
+                return t
+            gevs.append(gev)
+        gate = gate_procs[0]
+        gate_args = []
+        for gev in gevs:
+            gate_args += ["--gate", gev["ticket"]]
         listener = KeywireProc(lab, binary, l_host,
-                               ["listen", "--bind", bind_addr(l_host.v4, port), "--gate", gev["ticket"]],
+                               ["listen", "--bind", bind_addr(l_host.v4, port)] + gate_args,
                                os.path.join(trial_dir, "listener.key"), network, reply[0], "listener")
         ev = listener.wait_event("listening", 15)
         if not ev:
             t.note = f"listener did not start: {listener.error_text()}"
             return t
-        if not ev.get("gates"):
-            problems.append(f"listener ticket carries no gate: {ev}")
+        if len(ev.get("gates") or []) != n_gates:
+            problems.append(f"listener ticket carries {len(ev.get('gates') or [])} gates, "
+                            f"expected {n_gates}: {ev}")
         dialer = KeywireProc(lab, binary, d_host, ["connect", ev["ticket"]],
                              os.path.join(trial_dir, "dialer.key"), network, payload[0], "dialer",
                              stdin_rate=rate)
         t_act = None
+        if mode == "failover":
+            hit = dialer.wait_match(lambda tr, e: e.get("event") == "connected", 30)
+            conn_ev = hit[1] if hit else None
+            used = [i for i, gev in enumerate(gevs) if conn_ev and same_addr(conn_ev.get("gate"), gev["addr"])]
+            if conn_ev is None:
+                problems.append("not connected within 30 s, so no gate kill")
+            elif conn_ev.get("path") != "relayed" or not used:
+                problems.append(f"connected {conn_ev.get('path')} via gate {conn_ev.get('gate')} "
+                                f"(gates {[g['addr'] for g in gevs]}): no relayed connection to fail over")
+            else:
+                time.sleep(sc.params.get("act_after_s", 1.0))  # let data flow on the relay
+                if dialer.proc.poll() is not None:
+                    problems.append("the transfer ended before the kill: payload too small")
+                gate = gate_procs[used[0]]
+                t.killed_gate, t.new_gate = gevs[used[0]]["addr"], gevs[1 - used[0]]["addr"]
+                t_act = time.monotonic()
+                gate.kill()
+                log(f"gate{used[0] + 1} ({t.killed_gate}) killed at "
+                    f"{(t_act - dialer.t_spawn) * 1000:.0f} ms after the dialer's spawn")
+                # Wait for the move (the verdict below times it on the dialer's clock).
+                dialer.wait_match(
+                    lambda tr, e: tr >= t_act and e.get("event") == "path"
+                    and e.get("path") == "relayed" and same_addr(e.get("gate"), t.new_gate),
+                    max(10.0, 3 * exp.failover_limit_s))
         if mode in ("cut", "kill"):
             hit = dialer.wait_match(_is_direct, 30)
             if hit is None:
@@ -285,6 +353,18 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
                        and e.get("path") == "relayed" and tr >= t_act]
             if l_backs:
                 t.listener_fallback_ms = (l_backs[0] - t_act) * 1000.0  # receive time: an upper bound
+        if mode == "failover" and t_act is not None and start is not None:
+            kill_ms = (t_act - start) * 1000.0  # the kill on the dialer's clock
+            moves = [e["ms"] for tr, e in dialer.events if e.get("event") == "path"
+                     and e.get("path") == "relayed" and same_addr(e.get("gate"), t.new_gate)
+                     and e.get("ms", -1) >= kill_ms]
+            if moves:
+                t.failover_ms = moves[0] - kill_ms
+            l_moves = [tr for tr, e in listener.events if e.get("event") == "path"
+                       and e.get("path") == "relayed" and same_addr(e.get("gate"), t.new_gate)
+                       and tr >= t_act]
+            if l_moves:
+                t.listener_failover_ms = (l_moves[0] - t_act) * 1000.0  # receive time: an upper bound
         # -- verdict -----------------------------------------------------------------------
         got_all = (listener.out_bytes == payload[1] and listener.out_hash.hexdigest() == payload[2]
                    and dialer.out_bytes == reply[1] and dialer.out_hash.hexdigest() == reply[2])
@@ -305,7 +385,8 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
                 problems.append(f"final path {t.final}, expected direct")
         if mode == "cut" and t_act is not None and not t.cut_drops:
             problems.append(f"the cut dropped no packets ({t.cut_drops}): it missed the direct path")
-        if mode == "kill" and t_act is not None and gate.proc.returncode != -signal.SIGKILL:
+        if mode in ("kill", "failover") and t_act is not None \
+                and gate.proc.returncode != -signal.SIGKILL:
             problems.append(f"the gate did not die by SIGKILL (exit {gate.proc.returncode})")
         if mode == "cut" and t_act is not None:
             if t.fallback_ms is None:
@@ -313,6 +394,18 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
             elif t.fallback_ms > exp.fallback_limit_s * 1000:
                 problems.append(f"back to relayed {t.fallback_ms:.0f} ms after the cut "
                                 f"(limit {exp.fallback_limit_s * 1000:.0f} ms)")
+        if mode == "failover" and t_act is not None:
+            if t.went_direct:
+                problems.append("went direct: a direct path exists, so the relay failover is "
+                                "not exercised")
+            if t.failover_ms is None:
+                problems.append(f"no path event naming the other gate ({t.new_gate}) after the kill")
+            elif t.failover_ms > exp.failover_limit_s * 1000:
+                problems.append(f"moved to the other gate {t.failover_ms:.0f} ms after the kill "
+                                f"(limit {exp.failover_limit_s * 1000:.0f} ms)")
+            if done and not (done.get("path") == "relayed" and same_addr(done.get("gate"), t.new_gate)):
+                problems.append(f"ended {done.get('path')} via {done.get('gate')}, expected relayed "
+                                f"via the other gate {t.new_gate}")
         t.as_expected = not problems
         t.note = "; ".join(problems)
         if problems:
@@ -324,8 +417,8 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
         for p in (dialer, listener):
             if p and p.proc.poll() is None:
                 p.stop()
-        if gate:
-            gate.stop()
+        for g in gate_procs:
+            g.stop()
         t.seconds = time.monotonic() - t0
 
 
@@ -357,6 +450,9 @@ def summarize(pair, trials, rtt_ms):
         "to_direct_ms": to_direct,
         "changes": _median([t.changes for t in trials]),
         "fallback_ms": _max([t.fallback_ms for t in trials]),
+        "failover_ms": _max([t.failover_ms for t in trials]),
+        "failover_median_ms": _median([t.failover_ms for t in trials]),
+        "listener_failover_ms": _max([t.listener_failover_ms for t in trials]),
         "dial_offset_ms": _median([t.dial_offset_ms for t in trials]),
         "mib_s": _median([t.mib_s for t in trials if t.completed]),
         "pass": bool(trials) and all(t.as_expected for t in trials),
@@ -383,6 +479,33 @@ COLUMNS = [
 ]
 LEFT = (0, 4, 5, 12)
 
+# "failover" mode's table: the failover delays instead of the direct-path columns.
+FAILOVER_COLUMNS = [
+    ("pair", "pair", "{}"),
+    ("trials", "trials", "{}"),
+    ("connected", "conn", "{}"),
+    ("completed", "done", "{}"),
+    ("start", "start", "{}"),
+    ("final", "final", "{}"),
+    ("connect_rtt", "connect RTTs", "{:.1f}"),
+    ("direct", "direct", "{}"),
+    ("changes", "changes", "{:g}"),
+    ("failover_median_ms", "failover ms (median)", "{:.0f}"),
+    ("failover_ms", "failover ms (max)", "{:.0f}"),
+    ("listener_failover_ms", "listener follows ms (max)", "{:.0f}"),
+    ("mib_s", "MiB/s", "{:.1f}"),
+    ("expect", "expected", "{}"),
+    ("pass", "verdict", "{}"),
+]
+FAILOVER_LEFT = (0, 4, 5, 13)
+
+
+def table_columns(sc):
+    """(columns, left-aligned indexes) of a gate scenario's table."""
+    if any(p.expect.mode == "failover" for p in sc.pairs):
+        return FAILOVER_COLUMNS, FAILOVER_LEFT
+    return COLUMNS, LEFT
+
 
 def figures(row):
     """(figure name, value, unit) of a row for `lab.py bench`'s JSON lines."""
@@ -393,6 +516,8 @@ def figures(row):
         out.append(("gate_to_direct", round(row["to_direct_rtt"], 2), "lab RTTs"))
     if row.get("fallback_ms") is not None:
         out.append(("gate_back_to_relay", round(row["fallback_ms"]), "ms after the cut (max)"))
+    if row.get("failover_ms") is not None:
+        out.append(("gate_failover", round(row["failover_ms"]), "ms after the kill (max)"))
     return out
 
 
@@ -412,7 +537,11 @@ def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
                     f"changes {t.changes}, back to relay {t.fallback_ms if t.fallback_ms is None else round(t.fallback_ms)} ms"
                     f", listener back to relay {t.listener_fallback_ms if t.listener_fallback_ms is None else round(t.listener_fallback_ms)} ms"
                     f", dial offset {t.dial_offset_ms if t.dial_offset_ms is None else round(t.dial_offset_ms)} ms"
-                    f"{', cut dropped ' + str(t.cut_drops) + ' packets' if t.cut_drops is not None else ''})"
+                    f"{', cut dropped ' + str(t.cut_drops) + ' packets' if t.cut_drops is not None else ''}"
+                    + (f", failover {t.killed_gate} -> {t.new_gate} "
+                       f"{t.failover_ms if t.failover_ms is None else round(t.failover_ms)} ms, listener "
+                       f"follows {t.listener_failover_ms if t.listener_failover_ms is None else round(t.listener_failover_ms)} ms"
+                       if t.killed_gate else "") + ")"
                     + (f": {t.note}" if t.note else ""))
         rows.append(summarize(pair, trials, lab.rtt_ms))
     return rows

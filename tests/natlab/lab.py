@@ -74,7 +74,8 @@ def run_scenarios(lab, binary, scenarios, json_lines=False):
             import gates
             rows = sc.run(lab, binary, sc, payload(sc.payload_bytes), payload(sc.reply_bytes),
                           lab.tmpdir)
-            table = {"columns": gates.COLUMNS, "left": gates.LEFT}
+            columns, left = gates.table_columns(sc)
+            table = {"columns": columns, "left": left}
             for r in rows:
                 r["figures"] = gates.figures(r)
         else:

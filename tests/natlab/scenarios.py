@@ -108,6 +108,18 @@ def gate_killed_while_direct(trials=2, delay_ms=20.0, payload_bytes=8 * MIB, rat
                     run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
 
 
+def gate_failover(trials=2, delay_ms=20.0, payload_bytes=8 * MIB, rate=2 * MIB):
+    """Two gates (gate1, gate2) in the listener's ticket; both peers behind symmetric NATs
+    (endpoint-dependent mapping on both sides: no direct path, the connection stays relayed).
+    The payload is fed at 2 MiB/s; 1 s after `connected` the gate the connection uses is killed
+    (SIGKILL): a path event naming the other gate within 5 s of the kill, every byte arrives."""
+    return Scenario("gate-failover", gate_failover.__doc__,
+                    [Pair("symmetric", "symmetric", GateExpect(start="relayed", direct=False,
+                                                               mode="failover"))],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
@@ -117,6 +129,7 @@ SCENARIOS = {
     "gate-nat-public": gate_nat_public,
     "gate-path-cut": gate_path_cut,
     "gate-killed-while-direct": gate_killed_while_direct,
+    "gate-failover": gate_failover,
 }
 
 
@@ -125,7 +138,7 @@ def ci_scenarios():
     return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2),
             gate_both_nat(trials=1, payload_bytes=4 * MIB),
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
-            gate_path_cut(trials=1, payload_bytes=8 * MIB)]
+            gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1)]
 
 
 def bench_scenarios():
@@ -133,4 +146,4 @@ def bench_scenarios():
     return ([dial_public(trials=10)] + [rtt(d, trials=5) for d in (5.0, 20.0, 50.0)]
             + [lossy(trials=5), same_lan(trials=5)]
             + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
-               gate_killed_while_direct(trials=5)])
+               gate_killed_while_direct(trials=5), gate_failover(trials=5)])
