@@ -188,6 +188,22 @@ async fn relayed_then_direct(
         .await
         .context("alice could not join the gate")?;
     let behind_nat = Ticket::with_gates(NodeAddr::new(alice.node_id(), []), vec![gate_addr])?;
+    let nat = alice
+        .nat_report()
+        .await
+        .context("alice joined a gate, so she has a NAT report")?;
+    say.step(
+        "nat",
+        format!(
+            "alice asked the gate's two ports where they see her: NAT mapping {} ({} observers; loopback has no NAT)",
+            nat.mapping.as_str(),
+            nat.observers
+        ),
+        serde_json::json!({
+            "mapping": nat.mapping.as_str(), "observers": nat.observers,
+            "observed": nat.observed.map(|a| a.to_string()),
+        }),
+    );
     let echo = tokio::spawn({
         let alice = alice.clone();
         async move {

@@ -91,6 +91,9 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
             endpoint.node_id()
         ));
     }
+    if !ticket.gates.is_empty() {
+        report_nat(opts, &endpoint);
+    }
     let conn = endpoint
         .accept()
         .await
@@ -131,6 +134,9 @@ pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<(
     let started = Instant::now();
     let conn = endpoint.connect_ticket(&ticket, PIPE_ALPN).await?;
     let connect_time = started.elapsed();
+    if !endpoint.joined_gates().is_empty() {
+        report_nat(opts, &endpoint);
+    }
     let watcher = PathWatcher::spawn(opts.json, &conn, started);
     let (mut send, recv) = conn
         .open_bi()
@@ -246,6 +252,38 @@ fn report_connected(opts: &NodeOptions, conn: &Connection, connect_time: Option<
             "keywire: connected, {path}; looking for a direct path"
         ));
     }
+}
+
+/// Reports (in the background, as a `nat` event) what kind of NAT this node is behind, as its
+/// first gate's two ports see it.
+fn report_nat(opts: &NodeOptions, endpoint: &keywire::Endpoint) {
+    let (json, endpoint) = (opts.json, endpoint.clone());
+    tokio::spawn(async move {
+        let Some(report) = endpoint.nat_report().await else {
+            return;
+        };
+        let observed = report.observed.map(|a| a.to_string());
+        if json {
+            output::event(serde_json::json!({
+                "event": "nat",
+                "mapping": report.mapping.as_str(),
+                "port_preserving": report.port_preserving,
+                "observed": observed,
+                "observers": report.observers,
+            }));
+        } else {
+            output::err_line(&format!(
+                "keywire: NAT mapping {}{}, seen as {}",
+                report.mapping.as_str(),
+                if report.port_preserving {
+                    ", port-preserving"
+                } else {
+                    ""
+                },
+                observed.as_deref().unwrap_or("?")
+            ));
+        }
+    });
 }
 
 /// `("direct" | "relayed", gate address or null)` for JSON output.

@@ -227,6 +227,10 @@ impl Endpoint {
         &self.inner.metrics
     }
 
+    pub(crate) fn upgrades_handle(&self) -> &Arc<Upgrades> {
+        &self.inner.upgrades
+    }
+
     pub(crate) fn local_candidates(&self) -> Vec<SocketAddr> {
         self.inner.upgrades.local_candidates()
     }

@@ -49,6 +49,7 @@ pub use connection::{Connection, Path, PathEvents};
 pub use endpoint::Endpoint;
 pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
 pub use keywire_proto::datagram::ControlKind;
+pub use keywire_proto::nat::{Mapping, NatReport};
 pub use keywire_proto::{NetworkId, NodeAddr, NodeId, SecretKey, Ticket, TicketError};
 pub use metrics::MetricsSnapshot;
 pub use router::{BoxFuture, ProtocolHandler};

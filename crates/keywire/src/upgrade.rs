@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keywire_proto::datagram::{ControlKind, ControlPacket};
+use keywire_proto::gate::observe::Observe;
 use keywire_proto::probe::{
-    tag_of, ConnTag, Decision, ProbeKeys, Prober, ProberConfig, PROBE_EXPORTER_LABEL,
+    is_path_probe, tag_of, ConnTag, Decision, ProbeKeys, Prober, ProberConfig, PROBE_EXPORTER_LABEL,
 };
 use keywire_proto::{NodeId, Role};
 use rand::RngCore;
@@ -27,6 +28,11 @@ use crate::metrics::Metrics;
 use crate::socket::paths::{PathTable, Route};
 use crate::socket::{ControlDatagram, KeywireSocket};
 
+/// Observation requests sent before giving up, and the wait for each reply.
+const OBSERVE_TRIES: usize = 3;
+const OBSERVE_WAIT: Duration = Duration::from_millis(500);
+/// Observations in flight at once.
+const MAX_OBSERVATIONS: usize = 64;
 /// Probe packets waiting for one connection's task; more are dropped (the prober retries).
 const PER_CONNECTION_QUEUE: usize = 32;
 /// Probe packets waiting for the dispatcher.
@@ -43,6 +49,8 @@ pub(crate) struct Upgrades {
     pub(crate) announce: Vec<SocketAddr>,
     enabled: bool,
     rerouter: RerouterCell,
+    /// Address observations waiting for their reply, by nonce.
+    observations: Mutex<HashMap<u64, oneshot::Sender<SocketAddr>>>,
     connections: Mutex<HashMap<ConnTag, mpsc::Sender<ControlDatagram>>>,
 }
 
@@ -69,6 +77,7 @@ impl Upgrades {
             announce,
             enabled,
             rerouter: RerouterCell::default(),
+            observations: Mutex::default(),
             connections: Mutex::default(),
         }
     }
@@ -97,12 +106,66 @@ impl Upgrades {
     /// Hands each incoming probe to its connection's task, until the socket's queue closes.
     pub(crate) async fn dispatch(self: Arc<Self>, mut incoming: mpsc::Receiver<ControlDatagram>) {
         while let Some(datagram) = incoming.recv().await {
+            if !is_path_probe(&datagram.payload) {
+                // The other user of the kind: a gate's answer to an address observation.
+                if !self.observation_answered(&datagram.payload) {
+                    Metrics::inc(&self.metrics.probes_refused);
+                }
+                continue;
+            }
             let queue = tag_of(&datagram.payload).and_then(|tag| self.lock().get(&tag).cloned());
             let delivered = queue.is_some_and(|q| q.try_send(datagram).is_ok());
             if !delivered {
                 Metrics::inc(&self.metrics.probes_refused);
             }
         }
+    }
+
+    /// Hands an observation reply to whoever waits for its nonce; false if nobody does.
+    fn observation_answered(&self, payload: &[u8]) -> bool {
+        let mut datagram = Vec::with_capacity(payload.len() + 2);
+        ControlPacket {
+            kind: ControlKind::Probe,
+            payload,
+        }
+        .encode(&mut datagram);
+        let Some(Observe::Reply { nonce, observed }) = Observe::decode(&datagram) else {
+            return false;
+        };
+        let waiter = self
+            .observations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&nonce);
+        waiter.is_some_and(|w| w.send(observed).is_ok())
+    }
+
+    /// Asks the observer at `to` (a gate's observation port) which address it sees us at, from
+    /// our one socket: up to [`OBSERVE_TRIES`] requests, [`OBSERVE_WAIT`] apart.
+    pub(crate) async fn observe(&self, to: SocketAddr) -> Option<SocketAddr> {
+        let nonce: u64 = rand::random();
+        let (answer, mut wait) = oneshot::channel();
+        {
+            let mut waiting = self.observations.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.len() >= MAX_OBSERVATIONS {
+                return None;
+            }
+            waiting.insert(nonce, answer);
+        }
+        let request = Observe::Request { nonce }.encode();
+        let mut result = None;
+        for _ in 0..OBSERVE_TRIES {
+            let _ = self.socket.send_control(to, &request).await;
+            if let Ok(Ok(observed)) = tokio::time::timeout(OBSERVE_WAIT, &mut wait).await {
+                result = Some(observed);
+                break;
+            }
+        }
+        self.observations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&nonce);
+        result
     }
 
     /// Sets how a connection whose gate died finds another (the endpoint provides it).

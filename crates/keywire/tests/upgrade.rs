@@ -389,3 +389,18 @@ async fn forged_and_malformed_probes_are_dropped_counted_and_never_answered() {
         b"still here"
     );
 }
+
+#[tokio::test]
+async fn the_nat_report_uses_both_gate_ports() {
+    let (gate_node, _gate) = gate_at("127.0.0.1:0").await;
+    let alice = bind(config());
+    assert_eq!(alice.nat_report().await, None, "no gate, no report");
+    alice.join_gate(&addr_of(&gate_node)).await.unwrap();
+    let report = within(10, "nat report", alice.nat_report())
+        .await
+        .expect("a report with a gate");
+    // Loopback has no NAT: both ports of the gate see Alice's own address.
+    assert_eq!(report.observers, 2, "{report:?}");
+    assert_eq!(report.mapping, keywire::Mapping::None);
+    assert_eq!(report.observed, Some(alice.local_addr().unwrap()));
+}

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `type` says request or response and which side sent it (so a request reflected back at its
-//! sender is no response). `tag` names the connection (it is derived from the key, and lets the
+//! sender is no response): `0x11`/`0x12` request from dialer/acceptor, `0x13`/`0x14` response.
+//! (`0x01`/`0x02` on the same control kind are the gate's address observation,
+//! [`crate::gate::observe`]; [`is_path_probe`] tells them apart.) `tag` names the connection (it is derived from the key, and lets the
 //! receiver find the key without trying every one). The response echoes the nonce and the source
 //! address it saw the request come from; `mac` is a 16-byte keyed BLAKE3 over everything before
 //! it. Requests are padded so that a response is never larger than the request it answers: a
@@ -201,10 +203,10 @@ enum Kind {
 
 fn type_byte(kind: Kind, sender: Role) -> u8 {
     match (kind, sender) {
-        (Kind::Request, Role::Dialer) => 1,
-        (Kind::Request, Role::Acceptor) => 2,
-        (Kind::Response, Role::Dialer) => 3,
-        (Kind::Response, Role::Acceptor) => 4,
+        (Kind::Request, Role::Dialer) => 0x11,
+        (Kind::Request, Role::Acceptor) => 0x12,
+        (Kind::Response, Role::Dialer) => 0x13,
+        (Kind::Response, Role::Acceptor) => 0x14,
     }
 }
 
@@ -219,10 +221,10 @@ fn parse_header(payload: &[u8]) -> Result<Header, ProbeError> {
     let mut reader = Reader(payload);
     let short = |_| ProbeError::Malformed("truncated header");
     let (kind, sender) = match reader.u8().map_err(short)? {
-        1 => (Kind::Request, Role::Dialer),
-        2 => (Kind::Request, Role::Acceptor),
-        3 => (Kind::Response, Role::Dialer),
-        4 => (Kind::Response, Role::Acceptor),
+        0x11 => (Kind::Request, Role::Dialer),
+        0x12 => (Kind::Request, Role::Acceptor),
+        0x13 => (Kind::Response, Role::Dialer),
+        0x14 => (Kind::Response, Role::Acceptor),
         _ => return Err(ProbeError::Malformed("unknown probe type")),
     };
     Ok(Header {
@@ -231,6 +233,11 @@ fn parse_header(payload: &[u8]) -> Result<Header, ProbeError> {
         tag: reader.array().map_err(short)?,
         nonce: reader.array().map_err(short)?,
     })
+}
+
+/// Whether a `Probe`-kind payload is a path probe (rather than an address observation).
+pub fn is_path_probe(payload: &[u8]) -> bool {
+    matches!(payload.first(), Some(0x11..=0x14))
 }
 
 /// The connection tag of a probe payload, to find its key; `None` if too short or of an

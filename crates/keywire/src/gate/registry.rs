@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use keywire_proto::nat::NatReport;
 use keywire_proto::ticket::MAX_TICKET_GATES;
 use keywire_proto::{NodeAddr, NodeId, Ticket, TicketError};
 
@@ -220,6 +221,28 @@ impl Endpoint {
 }
 
 impl Endpoint {
+    /// What kind of NAT this node is behind, from its first live gate: the address the gate's
+    /// main port saw at registration, and the one its observation port sees now. `None` without
+    /// a joined gate.
+    pub async fn nat_report(&self) -> Option<NatReport> {
+        let client = {
+            let registry = self.gate_registry();
+            let mut joined = registry.lock();
+            joined.retain(|j| j.client.is_alive());
+            joined.first()?.client.clone()
+        };
+        let second = self
+            .upgrades_handle()
+            .observe(client.observation_addr())
+            .await;
+        let local = self.node_addr().map(|a| a.direct_addrs).unwrap_or_default();
+        Some(keywire_proto::nat::classify(
+            &local,
+            Some(client.observed_addr()),
+            second,
+        ))
+    }
+
     /// Finds another relay to `peer` than the dead gate at `dead`: through a gate we joined or
     /// one of the peer's ticket, joining it if needed, and asking it for an introduction.
     pub(crate) async fn reroute(&self, peer: NodeId, dead: SocketAddr) -> Option<Route> {
