@@ -2,28 +2,35 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($(#[doc = $doc:literal] $name:ident,)*) => {
-        /// Live counters, shared by the endpoint's tasks.
+/// Declares a set of counters: `$live`, the atomics the tasks bump, and `$snapshot`, the
+/// public copy with one documented `u64` per counter and `pairs()` for printing. Used for the
+/// endpoint's, the gate's and the signalling node's counters.
+macro_rules! counter_set {
+    (
+        $(#[$live_meta:meta])* live $live:ident;
+        $(#[$snap_meta:meta])* snapshot $snapshot:ident;
+        $($(#[doc = $doc:literal])* $name:ident,)*
+    ) => {
+        $(#[$live_meta])*
         #[derive(Debug, Default)]
-        pub(crate) struct Metrics {
-            $(pub(crate) $name: AtomicU64,)*
+        pub(crate) struct $live {
+            $(pub(crate) $name: std::sync::atomic::AtomicU64,)*
         }
 
-        /// A point-in-time copy of an endpoint's counters.
+        $(#[$snap_meta])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         #[non_exhaustive]
-        pub struct MetricsSnapshot {
-            $(#[doc = $doc] pub $name: u64,)*
+        pub struct $snapshot {
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
-        impl Metrics {
-            pub(crate) fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+        impl $live {
+            pub(crate) fn snapshot(&self) -> $snapshot {
+                $snapshot { $($name: self.$name.load(std::sync::atomic::Ordering::Relaxed),)* }
             }
         }
 
-        impl MetricsSnapshot {
+        impl $snapshot {
             /// Every counter as `(name, value)`, in a stable order (for printing and JSON).
             pub fn pairs(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
@@ -31,8 +38,13 @@ macro_rules! counters {
         }
     };
 }
+pub(crate) use counter_set;
 
-counters! {
+counter_set! {
+    /// Live counters, shared by the endpoint's tasks.
+    live Metrics;
+    /// A point-in-time copy of an endpoint's counters.
+    snapshot MetricsSnapshot;
     /// Calls to `connect` made.
     dials,
     /// Calls to `connect` that returned a connection.

@@ -52,32 +52,11 @@ impl Default for GateConfig {
     }
 }
 
-macro_rules! gate_counters {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        #[derive(Debug, Default)]
-        pub(crate) struct Counters { $(pub(crate) $name: AtomicU64,)* }
-
-        /// A gate's counters at one moment.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        #[non_exhaustive]
-        pub struct GateMetrics { $($(#[doc = $doc])* pub $name: u64,)* }
-
-        impl Counters {
-            fn snapshot(&self) -> GateMetrics {
-                GateMetrics { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl GateMetrics {
-            /// Every counter as `(name, value)`, in a stable order (for printing and JSON).
-            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name),)*]
-            }
-        }
-    };
-}
-
-gate_counters! {
+crate::metrics::counter_set! {
+    /// Live counters of a gate.
+    live Counters;
+    /// A gate's counters at one moment.
+    snapshot GateMetrics;
     /// Clients registered.
     registered,
     /// Registrations refused: gate full.

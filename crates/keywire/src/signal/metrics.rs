@@ -2,37 +2,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($(#[doc = $doc:literal] $name:ident,)*) => {
-        /// Live counters, shared by the node's tasks.
-        #[derive(Debug, Default)]
-        pub(crate) struct Counters {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        /// A point-in-time copy of a signalling node's counters.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        #[non_exhaustive]
-        pub struct SignalMetrics {
-            $(#[doc = $doc] pub $name: u64,)*
-        }
-
-        impl Counters {
-            pub(crate) fn snapshot(&self) -> SignalMetrics {
-                SignalMetrics { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl SignalMetrics {
-            /// Every counter as `(name, value)`, in a stable order (for printing and JSON).
-            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name),)*]
-            }
-        }
-    };
-}
-
-counters! {
+crate::metrics::counter_set! {
+    /// Live counters, shared by the node's tasks.
+    live Counters;
+    /// A point-in-time copy of a signalling node's counters.
+    snapshot SignalMetrics;
     /// Calls to `send` that sealed an envelope.
     sends,
     /// Sends acknowledged end to end within their timeout.
