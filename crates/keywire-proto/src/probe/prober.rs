@@ -43,6 +43,9 @@ pub struct ProberConfig {
     pub max_outstanding: usize,
     /// Responses sent per second at most (replayed or flooded requests get no more).
     pub max_responses_per_second: u32,
+    /// Requests an address gets before anything valid came from it; then it is skipped until it
+    /// speaks (so a peer cannot aim a stream of probes at a third party).
+    pub max_unconfirmed_probes: u32,
 }
 
 impl Default for ProberConfig {
@@ -57,6 +60,7 @@ impl Default for ProberConfig {
             max_candidates: 8,
             max_outstanding: 64,
             max_responses_per_second: 50,
+            max_unconfirmed_probes: 5,
         }
     }
 }
@@ -94,6 +98,10 @@ pub struct Prober {
     role: Role,
     config: ProberConfig,
     candidates: Vec<SocketAddr>,
+    /// Requests sent to each address that has not yet sent us anything valid.
+    unconfirmed: Vec<(SocketAddr, u32)>,
+    /// Addresses a valid probe came from.
+    confirmed: Vec<SocketAddr>,
     outstanding: VecDeque<([u8; 16], SocketAddr)>,
     answered: VecDeque<[u8; 16]>,
     accepted_from: Vec<SocketAddr>,
@@ -121,6 +129,8 @@ impl Prober {
             keys,
             role,
             candidates: Vec::new(),
+            unconfirmed: Vec::new(),
+            confirmed: Vec::new(),
             outstanding: VecDeque::new(),
             answered: VecDeque::new(),
             accepted_from: Vec::new(),
@@ -217,7 +227,9 @@ impl Prober {
         match self.state {
             State::Searching { round, next_at } if now >= next_at => {
                 for addr in self.candidates.clone() {
-                    self.send_request(addr);
+                    if self.may_probe(addr) {
+                        self.send_request(addr);
+                    }
                 }
                 let round = round + 1;
                 let c = &self.config;
@@ -284,6 +296,7 @@ impl Prober {
         if self.answered.contains(&nonce) {
             return Err(ProbeError::Replayed);
         }
+        self.confirm(from);
         let (window_start, sent) = &mut self.responses;
         if now.saturating_duration_since(*window_start) >= Duration::from_secs(1) {
             *window_start = now;
@@ -333,6 +346,7 @@ impl Prober {
             return Err(ProbeError::Unsolicited);
         };
         self.outstanding.remove(index);
+        self.confirm(from);
         self.observed = Some(canonical_addr(observed));
         match self.state {
             State::Direct {
@@ -365,7 +379,32 @@ impl Prober {
         self.decisions.push_back(Decision::UseDirect(addr));
     }
 
+    /// Whether `addr` may get another request: it spoke to us, or it has had fewer than
+    /// `max_unconfirmed_probes`.
+    fn may_probe(&self, addr: SocketAddr) -> bool {
+        self.confirmed.contains(&addr)
+            || self
+                .unconfirmed
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .is_none_or(|(_, sent)| *sent < self.config.max_unconfirmed_probes)
+    }
+
+    fn confirm(&mut self, addr: SocketAddr) {
+        self.unconfirmed.retain(|(a, _)| *a != addr);
+        if !self.confirmed.contains(&addr) && self.confirmed.len() < 2 * self.config.max_candidates
+        {
+            self.confirmed.push(addr);
+        }
+    }
+
     fn send_request(&mut self, to: SocketAddr) {
+        if !self.confirmed.contains(&to) {
+            match self.unconfirmed.iter_mut().find(|(a, _)| *a == to) {
+                Some((_, sent)) => *sent += 1,
+                None => self.unconfirmed.push((to, 1)),
+            }
+        }
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);
         if self.outstanding.len() >= self.config.max_outstanding {

@@ -167,7 +167,8 @@ fn searching_is_bounded_in_rounds_and_responses_in_rate() {
         sent += drain(&mut a).len();
     }
     let c = ProberConfig::default();
-    assert_eq!(sent as u32, c.fast_rounds + c.slow_rounds);
+    // An address that never answers gets a handful of probes, not one per round.
+    assert_eq!(sent as u32, c.max_unconfirmed_probes);
     assert!(now - t0 < Duration::from_secs(600));
     // A flood of distinct valid requests within one second gets a bounded number of answers.
     let keys = ProbeKeys::from_exported([9; 32]);
@@ -180,4 +181,31 @@ fn searching_is_bounded_in_rounds_and_responses_in_rate() {
     }
     assert_eq!(answered, c.max_responses_per_second);
     assert!(b.candidates().len() <= c.max_candidates);
+}
+
+#[test]
+fn an_address_that_speaks_keeps_being_probed() {
+    let t0 = Instant::now();
+    let (mut a, _) = pair(t0, &[addr(2), addr(3)], &[]);
+    let keys = ProbeKeys::from_exported([9; 32]);
+    let mut now = t0;
+    let mut to_3 = 0;
+    for round in 0..20u8 {
+        a.handle_timeout(now);
+        to_3 += drain(&mut a)
+            .iter()
+            .filter(|(to, _)| *to == addr(3))
+            .count();
+        if round == 0 {
+            // 3 speaks (a valid request from the peer); 2 never does.
+            a.handle(addr(3), &keys.request(B, [round; 16]), now)
+                .unwrap();
+            drain(&mut a);
+        }
+        now = a.poll_timeout().unwrap();
+    }
+    assert!(
+        to_3 >= 19,
+        "a confirmed address is probed every round: {to_3}"
+    );
 }
