@@ -5,7 +5,12 @@ Every trial starts a fresh gate (fresh key, port, network id), a listener and a 
 stops all three (by PID). What is asserted comes from keywire's JSON events only:
 - `connected.path`: how the connection started ("direct" | "relayed");
 - `path` events: each switch, `ms` since the dialer's dial start (listener: since its accept);
-- `done.path` (final path), `done.to_direct_ms`, `done.path_changes`.
+- `done.path` (final path), `done.to_direct_ms`, `done.path_changes`;
+- `nat` (each side, when it came): the NAT mapping the gate's two ports saw, checked against the
+  side's room kind (routers.NAT_MAPPING) and its public address. keywire emits it in the
+  background after `listening`/`connected` (up to ~1.5 s later), so a process that exits first
+  never says it: a missing event is noted, never failed; a wrong one fails the trial. The
+  `nat-classify` scenario (natclass.py) is where presence is asserted, one listener per kind.
 
 Modes (Scenario.params["mode"]):
 - "transfer": stream the payload; the expectation says how it must start and end;
@@ -31,6 +36,7 @@ the dialer's clock through the same estimate, so the measured failover delay is 
 than the truth either.
 """
 
+import ipaddress
 import json
 import os
 import random
@@ -80,14 +86,14 @@ class GateExpect:
 class GateProc:
     """`keywire --json gate`: its one stdout JSON line is the `gate` event."""
 
-    def __init__(self, lab, binary, host, port, keyfile, network, logfile):
+    def __init__(self, lab, binary, host, port, keyfile, network, logfile, bind_ip=None):
         self.lab = lab
         self.event = None
         self._got = threading.Event()
         self._err = open(logfile, "wb")
         self.proc = lab.reg.spawn(
             host.ns, [binary, "--key", keyfile, "--network", network, "--json", "gate",
-                      "--bind", bind_addr(host.v4, port), "--report-every", "0"],
+                      "--bind", bind_addr(bind_ip or host.v4, port), "--report-every", "0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err)
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -130,18 +136,58 @@ def gate_host(lab, index=0):
     return lab.hosts.get(name) or lab.add_public_host(name, v4, v6)
 
 
+NAT_SHORT = {"none": "none", "endpoint-independent": "EIM", "endpoint-dependent": "EDM",
+             "unknown": "unknown"}
+
+
+def split_addr(text):
+    """(host, port) of a socket address string; an IPv4 address spelt v4-mapped is unmapped."""
+    if not text:
+        return None
+    host, _, port = str(text).rpartition(":")
+    host = host.strip("[]").lower()
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
+    return host, port
+
+
+def nat_problems(ev, room, expect=None):
+    """What is wrong with a `nat` event of a peer in `room` (empty: it fits): the mapping must be
+    routers.NAT_MAPPING's for the room kind, and the observed address must be the room's public
+    address (the outermost router's WAN address, or the host's own). `expect`: another mapping
+    to demand (the self-checks)."""
+    want = expect or routers.NAT_MAPPING.get(room.kind)
+    out = []
+    if ev.get("mapping") != want:
+        out.append(f"mapping {ev.get('mapping')}, expected {want} for {room.kind} "
+                   f"(observed {ev.get('observed')}, observers {ev.get('observers')}, "
+                   f"port_preserving {ev.get('port_preserving')})")
+    seen = split_addr(ev.get("observed"))
+    try:
+        same_host = bool(seen) and ipaddress.ip_address(seen[0]) == ipaddress.ip_address(room.public_ip)
+    except ValueError:
+        same_host = False
+    if not same_host:
+        out.append(f"observed {ev.get('observed')}, expected the room's public address "
+                   f"{room.public_ip}")
+    return out
+
+
+def nat_cell(events):
+    """A table cell for one side's `nat` events over the trials (None: no event): the short
+    mapping, with counts when the trials differ ("-": no event)."""
+    names = [NAT_SHORT.get(e.get("mapping"), str(e.get("mapping"))) if e else "-" for e in events]
+    if not names:
+        return "-"
+    if len(set(names)) == 1:
+        return names[0]
+    return ",".join(f"{n} {names.count(n)}" for n in sorted(set(names)))
+
+
 def same_addr(a, b):
     """Whether two socket address strings name the same IPv4/IPv6 address and port (an IPv4
     address may appear v4-mapped, `[::ffff:192.0.2.50]:9000`, on a dual-stack socket)."""
-    def norm(text):
-        if not text:
-            return None
-        host, _, port = str(text).rpartition(":")
-        host = host.strip("[]").lower()
-        if host.startswith("::ffff:") and "." in host:
-            host = host[len("::ffff:"):]
-        return host, port
-    return norm(a) is not None and norm(a) == norm(b)
+    return split_addr(a) is not None and split_addr(a) == split_addr(b)
 
 
 def listener_room(lab, kind):
@@ -204,6 +250,8 @@ class GateTrial:
     dial_offset_ms: float = None
     cut_drops: int = None
     mib_s: float = None
+    d_nat: dict = None  # the dialer's `nat` event, if it came
+    l_nat: dict = None  # the listener's
     seconds: float = 0.0
     note: str = ""
     notes: list = field(default_factory=list)
@@ -335,6 +383,7 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
         t.connect_ms = conn.get("connect_ms") if conn else None
         t.final = done.get("path", "?") if done else ""
         t.went_direct = any(_is_direct(tr, e) for tr, e in dialer.events)
+        t.d_nat, t.l_nat = dialer.event("nat")[1], listener.event("nat")[1]
         if done:
             t.to_direct_ms = done.get("to_direct_ms")
             t.changes = done.get("path_changes")
@@ -406,6 +455,9 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
             if done and not (done.get("path") == "relayed" and same_addr(done.get("gate"), t.new_gate)):
                 problems.append(f"ended {done.get('path')} via {done.get('gate')}, expected relayed "
                                 f"via the other gate {t.new_gate}")
+        for side, nat_ev, room in (("dialer", t.d_nat, d_room), ("listener", t.l_nat, l_room)):
+            if nat_ev is not None:
+                problems += [f"{side} nat: {p}" for p in nat_problems(nat_ev, room)]
         t.as_expected = not problems
         t.note = "; ".join(problems)
         if problems:
@@ -444,6 +496,7 @@ def summarize(pair, trials, rtt_ms):
         "as_expected": sum(t.as_expected for t in trials),
         "start": ",".join(sorted({t.start for t in trials if t.start})) or "-",
         "final": ",".join(sorted({t.final for t in trials if t.final})) or "-",
+        "nat": f"{nat_cell([t.d_nat for t in trials])}/{nat_cell([t.l_nat for t in trials])}",
         "connect_rtt": None if connect is None else connect / rtt_ms,
         "direct": f"{sum(t.went_direct for t in trials)}/{len(trials)}",
         "to_direct_rtt": None if to_direct is None else to_direct / rtt_ms,
@@ -468,6 +521,7 @@ COLUMNS = [
     ("completed", "done", "{}"),
     ("start", "start", "{}"),
     ("final", "final", "{}"),
+    ("nat", "NAT d/l", "{}"),
     ("connect_rtt", "connect RTTs", "{:.1f}"),
     ("direct", "direct", "{}"),
     ("to_direct_rtt", "to-direct RTTs", "{:.1f}"),
@@ -477,7 +531,7 @@ COLUMNS = [
     ("expect", "expected", "{}"),
     ("pass", "verdict", "{}"),
 ]
-LEFT = (0, 4, 5, 12)
+LEFT = (0, 4, 5, 6, 13)
 
 # "failover" mode's table: the failover delays instead of the direct-path columns.
 FAILOVER_COLUMNS = [
@@ -487,6 +541,7 @@ FAILOVER_COLUMNS = [
     ("completed", "done", "{}"),
     ("start", "start", "{}"),
     ("final", "final", "{}"),
+    ("nat", "NAT d/l", "{}"),
     ("connect_rtt", "connect RTTs", "{:.1f}"),
     ("direct", "direct", "{}"),
     ("changes", "changes", "{:g}"),
@@ -497,7 +552,7 @@ FAILOVER_COLUMNS = [
     ("expect", "expected", "{}"),
     ("pass", "verdict", "{}"),
 ]
-FAILOVER_LEFT = (0, 4, 5, 13)
+FAILOVER_LEFT = (0, 4, 5, 6, 14)
 
 
 def table_columns(sc):
@@ -521,6 +576,13 @@ def figures(row):
     return out
 
 
+def nat_log(ev):
+    if ev is None:
+        return "no event (exited first?)"
+    return (f"{ev.get('mapping')} seen as {ev.get('observed')} ({ev.get('observers')} observers"
+            f"{', port-preserving' if ev.get('port_preserving') else ''})")
+
+
 def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
     """Runs a gate scenario's pairs; returns its table rows."""
     rows = []
@@ -541,7 +603,8 @@ def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
                     + (f", failover {t.killed_gate} -> {t.new_gate} "
                        f"{t.failover_ms if t.failover_ms is None else round(t.failover_ms)} ms, listener "
                        f"follows {t.listener_failover_ms if t.listener_failover_ms is None else round(t.listener_failover_ms)} ms"
-                       if t.killed_gate else "") + ")"
+                       if t.killed_gate else "")
+                    + f", nat dialer {nat_log(t.d_nat)}, listener {nat_log(t.l_nat)})"
                     + (f": {t.note}" if t.note else ""))
         rows.append(summarize(pair, trials, lab.rtt_ms))
     return rows

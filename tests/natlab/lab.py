@@ -70,14 +70,14 @@ def run_scenarios(lab, binary, scenarios, json_lines=False):
             lab.start_forwarder(sc.delay_ms)
         t0 = time.monotonic()
         table = {}
-        if sc.run:  # e.g. gates.run_scenario, with its own columns
-            import gates
+        if sc.run:  # e.g. gates.run_scenario, with its own columns (in sc.run's module)
+            mod = sys.modules[sc.run.__module__]
             rows = sc.run(lab, binary, sc, payload(sc.payload_bytes), payload(sc.reply_bytes),
                           lab.tmpdir)
-            columns, left = gates.table_columns(sc)
+            columns, left = mod.table_columns(sc)
             table = {"columns": columns, "left": left}
             for r in rows:
-                r["figures"] = gates.figures(r)
+                r["figures"] = mod.figures(r)
         else:
             results = run_pairs(lab, binary, sc.pairs, sc.trials, payload(sc.payload_bytes),
                                 payload(sc.reply_bytes), lab.tmpdir)
@@ -177,6 +177,15 @@ def self_checks(lab, binary):
     ok &= caught
     print(f"self-check: the gate runner {'flags' if caught else 'DOES NOT FLAG'} a direct start "
           f"that was expected to be relayed", flush=True)
+    # nat-classify: a port-restricted (endpoint-independent) listener said to be symmetric.
+    import natclass
+    ct = natclass.run_classify_trial(lab, binary, scenarios.nat_classify(trials=1),
+                                     natclass.classify_pairs(["port-restricted"])[0], lab.tmpdir,
+                                     expect="endpoint-dependent")
+    caught = ct.nat is not None and not ct.as_expected
+    ok &= caught
+    print(f"self-check: nat-classify {'flags' if caught else 'DOES NOT FLAG'} an "
+          f"endpoint-independent NAT that was expected to be endpoint-dependent", flush=True)
     return ok
 
 

@@ -44,6 +44,26 @@ ROUTER_OF_ROOM = {
 
 ROOM_PEERS = {"hairpin": 2, "no-hairpin": 2}
 
+# What keywire's `nat` event must report for a peer in each room kind: the address the gate's main
+# port saw at registration vs the one its observation port (main port + 1) sees. No NAT ("none"):
+# the observed address is the peer's own. Linux masquerade and snat to a port range keep one
+# mapping per local socket for every destination (endpoint-independent; snat-range just never
+# preserves the port), `masquerade random` picks a new port per destination
+# (endpoint-dependent). udp-blocked: no UDP leaves, so no gate and no event.
+NAT_MAPPING = {
+    "public": "none",
+    "public6": "none",
+    "ipv6-fw": "none",
+    "full-cone": "endpoint-independent",
+    "port-restricted": "endpoint-independent",
+    "snat-range": "endpoint-independent",
+    "symmetric": "endpoint-dependent",
+    "cgnat": "endpoint-independent",
+    "hairpin": "endpoint-independent",
+    "no-hairpin": "endpoint-independent",
+    "udp-blocked": None,
+}
+
 
 def _filter_table(input_extra="", forward_extra=""):
     return f"""

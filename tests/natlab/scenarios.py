@@ -7,6 +7,7 @@ returning `Scenario` objects, registered in SCENARIOS.
 from dataclasses import dataclass, field
 
 import gates
+import natclass
 import routers
 from gates import GateExpect
 from runner import Expect, Pair
@@ -120,6 +121,16 @@ def gate_failover(trials=2, delay_ms=20.0, payload_bytes=8 * MIB, rate=2 * MIB):
                     run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
 
 
+def nat_classify(trials=2, delay_ms=20.0):
+    """For each router kind but udp-blocked: a gate on gate1 and a `listen --gate` behind the
+    router; the listener's `nat` event must come within 10 s of `listening`, report the kind's
+    mapping (public, ipv6-fw: none; symmetric: endpoint-dependent; the others:
+    endpoint-independent) and the room's public address."""
+    return Scenario("nat-classify", nat_classify.__doc__, natclass.classify_pairs(),
+                    payload_bytes=0, reply_bytes=0, trials=trials, delay_ms=delay_ms,
+                    run=natclass.run_scenario, params={"nat_wait_s": 10.0})
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
@@ -130,6 +141,7 @@ SCENARIOS = {
     "gate-path-cut": gate_path_cut,
     "gate-killed-while-direct": gate_killed_while_direct,
     "gate-failover": gate_failover,
+    "nat-classify": nat_classify,
 }
 
 
@@ -138,7 +150,8 @@ def ci_scenarios():
     return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2),
             gate_both_nat(trials=1, payload_bytes=4 * MIB),
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
-            gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1)]
+            gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1),
+            nat_classify(trials=1)]
 
 
 def bench_scenarios():
@@ -146,4 +159,5 @@ def bench_scenarios():
     return ([dial_public(trials=10)] + [rtt(d, trials=5) for d in (5.0, 20.0, 50.0)]
             + [lossy(trials=5), same_lan(trials=5)]
             + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
-               gate_killed_while_direct(trials=5), gate_failover(trials=5)])
+               gate_killed_while_direct(trials=5), gate_failover(trials=5),
+               nat_classify(trials=5)])
