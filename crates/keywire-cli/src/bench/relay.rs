@@ -27,6 +27,7 @@ use keywire::{Connection, Endpoint, NodeAddr, NodeId, Path};
 
 use super::delay_proxy::DelayProxy;
 use super::stats::{iqr, median};
+use super::throughput::{receive_keywire, send_and_wait};
 use super::{config, emit};
 
 const ALPN: &[u8] = b"keywire-bench/relay/1";
@@ -118,7 +119,7 @@ async fn throughput(size: u64, rounds: usize) -> anyhow::Result<()> {
     for _ in 0..rounds {
         let (mut direct, mut relayed) = (0.0, 0.0);
         for relayed_turn in [false, true, true, false] {
-            let receiver = tokio::spawn(receive(server.clone()));
+            let receiver = tokio::spawn(receive_keywire(server.clone()));
             let conn = if relayed_turn {
                 bounded("relayed connect", async {
                     Ok(client
@@ -132,7 +133,8 @@ async fn throughput(size: u64, rounds: usize) -> anyhow::Result<()> {
                 })
                 .await?
             };
-            let seconds = bounded("transfer", timed_send(&conn, &payload, size, receiver)).await?;
+            let seconds =
+                bounded("transfer", send_and_wait(&conn, &payload, size, receiver)).await?;
             // The measurement is only what it claims if the path stayed what it was meant to be.
             let relayed_path = matches!(conn.path(), Path::Relayed { .. });
             anyhow::ensure!(
@@ -201,41 +203,6 @@ fn verdict(met: bool) -> &'static str {
     } else {
         "MISS"
     }
-}
-
-/// Sends `bytes` on a new unidirectional stream; times until the receiver has read them all.
-async fn timed_send(
-    conn: &Connection,
-    payload: &Bytes,
-    bytes: u64,
-    receiver: tokio::task::JoinHandle<anyhow::Result<u64>>,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut send = conn.open_uni().await?;
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(payload.len() as u64) as usize;
-        send.write_chunk(payload.slice(..n)).await?;
-        left -= n as u64;
-    }
-    send.finish()?;
-    let received = receiver.await??;
-    let seconds = start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        received == bytes,
-        "receiver got {received} of {bytes} bytes"
-    );
-    Ok(seconds)
-}
-
-async fn receive(server: Endpoint) -> anyhow::Result<u64> {
-    let conn = server.accept().await.context("endpoint closed")?;
-    let mut recv = conn.accept_uni().await?;
-    let mut total = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, false).await? {
-        total += chunk.bytes.len() as u64;
-    }
-    Ok(total)
 }
 
 /// A gate, and a callee registered with it through a proxy of its own, echoing requests.

@@ -138,14 +138,14 @@ async fn measure(args: &Args) -> anyhow::Result<(Side, Side, Vec<f64>)> {
     Ok((kw, quinn, ratios))
 }
 
-/// Sends `bytes` on a new unidirectional stream; times until the receiver has read them all.
-async fn timed_send(
+/// Sends `bytes` on a new unidirectional stream; returns the seconds until the receiver has read
+/// them all (shared with `bench relay`).
+pub(super) async fn send_and_wait(
     conn: &keywire::quinn::Connection,
     payload: &Bytes,
     bytes: u64,
     receiver: tokio::task::JoinHandle<anyhow::Result<u64>>,
-) -> anyhow::Result<Sample> {
-    let cpu_start = cpu::process_cpu_seconds().context("no /proc/self/stat")?;
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut send = conn.open_uni().await?;
     let mut left = bytes;
@@ -157,18 +157,30 @@ async fn timed_send(
     send.finish()?;
     let received = receiver.await??;
     let seconds = start.elapsed().as_secs_f64();
-    let cpu_seconds = cpu::process_cpu_seconds().context("no /proc/self/stat")? - cpu_start;
     anyhow::ensure!(
         received == bytes,
         "receiver got {received} of {bytes} bytes"
     );
+    Ok(seconds)
+}
+
+/// [`send_and_wait`], with the process's CPU time over it.
+async fn timed_send(
+    conn: &keywire::quinn::Connection,
+    payload: &Bytes,
+    bytes: u64,
+    receiver: tokio::task::JoinHandle<anyhow::Result<u64>>,
+) -> anyhow::Result<Sample> {
+    let cpu_start = cpu::process_cpu_seconds().context("no /proc/self/stat")?;
+    let seconds = send_and_wait(conn, payload, bytes, receiver).await?;
+    let cpu_seconds = cpu::process_cpu_seconds().context("no /proc/self/stat")? - cpu_start;
     Ok(Sample {
         seconds,
         cpu_seconds,
     })
 }
 
-async fn receive_keywire(server: Endpoint) -> anyhow::Result<u64> {
+pub(super) async fn receive_keywire(server: Endpoint) -> anyhow::Result<u64> {
     let conn = server.accept().await.context("endpoint closed")?;
     drain(conn.accept_uni().await?).await
 }
