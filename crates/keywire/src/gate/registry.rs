@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use keywire_proto::nat::NatReport;
 use keywire_proto::ticket::MAX_TICKET_GATES;
-use keywire_proto::{NodeAddr, NodeId, Ticket, TicketError};
+use keywire_proto::{NodeAddr, NodeId, Ticket};
 
 use super::{GateClient, GateError};
 use crate::metrics::Metrics;
@@ -45,11 +45,16 @@ impl GateRegistry {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn find(&self, gate: NodeId) -> Option<Arc<GateClient>> {
+    /// The registrations whose gate is alive (the others are dropped: a registration whose
+    /// gate died is no registration).
+    fn live(&self) -> std::sync::MutexGuard<'_, Vec<Joined>> {
         let mut joined = self.lock();
-        // A registration whose gate died is no registration.
         joined.retain(|j| j.client.is_alive());
         joined
+    }
+
+    fn find(&self, gate: NodeId) -> Option<Arc<GateClient>> {
+        self.live()
             .iter()
             .find(|j| j.addr.node_id == gate)
             .map(|j| j.client.clone())
@@ -110,8 +115,7 @@ impl Endpoint {
             return Ok(client);
         }
         let client = Arc::new(GateClient::register(self, gate).await?);
-        let mut joined = registry.lock();
-        joined.retain(|j| j.client.is_alive());
+        let mut joined = registry.live();
         if let Some(existing) = joined.iter().find(|j| j.addr.node_id == gate.node_id) {
             // Another task registered meanwhile; keep one registration.
             return Ok(existing.client.clone());
@@ -146,16 +150,19 @@ impl Endpoint {
 
     /// The gates joined and alive, as they go in a ticket.
     pub fn joined_gates(&self) -> Vec<NodeAddr> {
-        let registry = self.gate_registry();
-        let mut joined = registry.lock();
-        joined.retain(|j| j.client.is_alive());
-        joined.iter().map(|j| j.addr.clone()).collect()
+        self.gate_registry()
+            .live()
+            .iter()
+            .map(|j| j.addr.clone())
+            .collect()
     }
 
-    /// A ticket for this node: its direct addresses and the gates it joined.
-    pub fn ticket(&self) -> Result<Ticket, TicketError> {
-        let node = self.node_addr().map_err(|_| TicketError::NoAddress)?;
-        Ticket::with_gates(node, self.joined_gates())
+    /// A ticket for this node: its direct addresses and the gates it joined. Fails as
+    /// [`Endpoint::node_addr`] does (the interfaces could not be listed), or with the
+    /// [`keywire_proto::TicketError`] (as the error's source) if no ticket can carry them.
+    pub fn ticket(&self) -> std::io::Result<Ticket> {
+        let node = self.node_addr()?;
+        Ticket::with_gates(node, self.joined_gates()).map_err(std::io::Error::other)
     }
 
     /// Connects to the node of `ticket`: its direct addresses (Happy Eyeballs) and, at the same
@@ -225,12 +232,7 @@ impl Endpoint {
     /// main port saw at registration, and the one its observation port sees now. `None` without
     /// a joined gate.
     pub async fn nat_report(&self) -> Option<NatReport> {
-        let client = {
-            let registry = self.gate_registry();
-            let mut joined = registry.lock();
-            joined.retain(|j| j.client.is_alive());
-            joined.first()?.client.clone()
-        };
+        let client = self.gate_registry().live().first()?.client.clone();
         let second = self
             .upgrades_handle()
             .observe(client.observation_addr())
