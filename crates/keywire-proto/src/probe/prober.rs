@@ -402,7 +402,13 @@ impl Prober {
         if !self.confirmed.contains(&to) {
             match self.unconfirmed.iter_mut().find(|(a, _)| *a == to) {
                 Some((_, sent)) => *sent += 1,
-                None => self.unconfirmed.push((to, 1)),
+                None => {
+                    // Bounded like the other per-address lists: the oldest entry goes.
+                    if self.unconfirmed.len() >= 2 * self.config.max_candidates {
+                        self.unconfirmed.remove(0);
+                    }
+                    self.unconfirmed.push((to, 1));
+                }
             }
         }
         let mut nonce = [0u8; 16];
