@@ -1,9 +1,12 @@
 //! The `keywire` binary as users run it: real processes, real sockets on loopback.
 
+mod common;
+
+use common::wait_with_timeout;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn keywire() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keywire"));
@@ -38,20 +41,6 @@ impl Drop for Reaper {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

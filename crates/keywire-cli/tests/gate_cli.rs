@@ -1,6 +1,9 @@
 //! `keywire gate`, `keywire listen --gate` and `keywire connect` as users run them: a listener
 //! reachable only through its gate is dialed relayed, and the connection then goes direct.
 
+mod common;
+
+use common::wait_with_timeout;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,20 +35,6 @@ fn json_line(reader: &mut impl BufRead, what: &str) -> serde_json::Value {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap_or_else(|_| panic!("{what}: not JSON: {line:?}"))
-}
-
-fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -101,7 +90,7 @@ fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
             .spawn()
             .unwrap(),
     );
-    let status = wait(&mut connector.0, Duration::from_secs(60));
+    let status = wait_with_timeout(&mut connector.0, Duration::from_secs(60));
     let events: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("connector.err"))
         .unwrap()
         .lines()
@@ -109,7 +98,7 @@ fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
         .collect();
     assert!(status.success(), "connect failed: {events:?}");
     assert!(
-        wait(&mut listener.0, Duration::from_secs(30)).success(),
+        wait_with_timeout(&mut listener.0, Duration::from_secs(30)).success(),
         "{}",
         drain.join().unwrap()
     );

@@ -326,14 +326,8 @@ async fn connections_through_the_relay_carry_streams_end_to_end() {
         async move {
             let conn = bob.accept().await.unwrap();
             let path = conn.path();
-            let mut recv = conn.accept_uni().await.unwrap();
-            let mut hasher = blake3::Hasher::new();
-            let mut total = 0;
-            while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
-                hasher.update(&chunk.bytes);
-                total += chunk.bytes.len();
-            }
-            (conn.remote_node_id(), path, total, hasher.finalize())
+            let (total, digest) = read_hashed(&conn).await;
+            (conn.remote_node_id(), path, total, digest)
         }
     });
     let conn = within(

@@ -28,16 +28,7 @@ async fn transfer(
     receiver: Connection,
     blocks: usize,
 ) -> ((usize, blake3::Hash), blake3::Hash) {
-    let receiving = tokio::spawn(async move {
-        let mut recv = receiver.accept_uni().await.unwrap();
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0;
-        while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
-            hasher.update(&chunk.bytes);
-            total += chunk.bytes.len();
-        }
-        (total, hasher.finalize())
-    });
+    let receiving = tokio::spawn(async move { read_hashed(&receiver).await });
     let mut send = sender.open_uni().await.unwrap();
     let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
     let mut expected = blake3::Hasher::new();
@@ -296,15 +287,7 @@ async fn a_ticket_with_only_a_gate_connects_relayed_then_goes_direct() {
 
 #[tokio::test]
 async fn after_an_upgrade_the_same_address_serves_new_dials() {
-    let (gate_node, _gate) = gate_at("127.0.0.1:0").await;
-    let (alice, bob) = (bind(config()), bind(config()));
-    bob.join_gate(&addr_of(&gate_node)).await.unwrap();
-    let ticket = keywire::Ticket::with_gates(
-        keywire::NodeAddr::new(bob.node_id(), []),
-        bob.joined_gates(),
-    )
-    .unwrap();
-    spawn_echo(bob.clone());
+    let (_gate_node, _gate, alice, bob, ticket) = echo_behind_gate().await;
     let conn = within(10, "connect by ticket", alice.connect_ticket(&ticket, ALPN))
         .await
         .unwrap();
@@ -331,13 +314,10 @@ async fn after_an_upgrade_the_same_address_serves_new_dials() {
     assert_eq!(again.path(), Path::Direct(bob.local_addr().unwrap()));
 }
 
-fn at_node(node: keywire::NodeId, addr: SocketAddr) -> keywire::NodeAddr {
-    keywire::NodeAddr::new(node, [addr])
-}
-
-#[tokio::test]
-async fn forged_and_malformed_probes_are_dropped_counted_and_never_answered() {
-    let (gate_node, _gate) = gate_at("127.0.0.1:0").await;
+/// A gate on loopback, Alice, and Bob serving an echo, reachable (as if behind a NAT) only
+/// through the gate: his ticket names no direct address.
+async fn echo_behind_gate() -> (Endpoint, Gate, Endpoint, Endpoint, keywire::Ticket) {
+    let (gate_node, gate) = gate_at("127.0.0.1:0").await;
     let (alice, bob) = (bind(config()), bind(config()));
     bob.join_gate(&addr_of(&gate_node)).await.unwrap();
     let ticket = keywire::Ticket::with_gates(
@@ -346,6 +326,16 @@ async fn forged_and_malformed_probes_are_dropped_counted_and_never_answered() {
     )
     .unwrap();
     spawn_echo(bob.clone());
+    (gate_node, gate, alice, bob, ticket)
+}
+
+fn at_node(node: keywire::NodeId, addr: SocketAddr) -> keywire::NodeAddr {
+    keywire::NodeAddr::new(node, [addr])
+}
+
+#[tokio::test]
+async fn forged_and_malformed_probes_are_dropped_counted_and_never_answered() {
+    let (_gate_node, _gate, alice, bob, ticket) = echo_behind_gate().await;
     let conn = within(10, "connect", alice.connect_ticket(&ticket, ALPN))
         .await
         .unwrap();

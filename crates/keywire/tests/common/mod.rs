@@ -59,6 +59,12 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Outp
 /// returns how many bytes arrived and their BLAKE3 digest.
 pub async fn receive_hashed(endpoint: &Endpoint) -> (usize, blake3::Hash) {
     let conn = endpoint.accept().await.expect("a connection");
+    read_hashed(&conn).await
+}
+
+/// Accepts the next unidirectional stream of `conn` and reads it to the end: returns how many
+/// bytes arrived and their BLAKE3 digest.
+pub async fn read_hashed(conn: &keywire::Connection) -> (usize, blake3::Hash) {
     let mut recv = conn.accept_uni().await.expect("a stream");
     let mut hasher = blake3::Hasher::new();
     let mut total = 0;
