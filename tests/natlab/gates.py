@@ -41,7 +41,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import threading
 import time
@@ -50,6 +49,7 @@ from dataclasses import dataclass, field
 import routers
 from netns import log, nft, ns_run
 from peers import KeywireProc, bind_addr
+from runner import _median, base_row
 from topology import Room
 
 GATE_HOSTS = [("gate1", "192.0.2.50", "2001:db8:200::50"),  # public hosts of their own
@@ -474,10 +474,6 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
         t.seconds = time.monotonic() - t0
 
 
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
 
 def _max(values):
     values = [v for v in values if v is not None]
@@ -488,12 +484,7 @@ def summarize(pair, trials, rtt_ms):
     to_direct = _median([t.to_direct_ms for t in trials if t.went_direct])
     connect = _median([t.connect_ms for t in trials])
     return {
-        "pair": pair.name,
-        "expect": pair.expect.describe(),
-        "trials": len(trials),
-        "connected": sum(t.connected for t in trials),
-        "completed": sum(t.completed for t in trials),
-        "as_expected": sum(t.as_expected for t in trials),
+        **base_row(pair, trials),
         "start": ",".join(sorted({t.start for t in trials if t.start})) or "-",
         "final": ",".join(sorted({t.final for t in trials if t.final})) or "-",
         "nat": f"{nat_cell([t.d_nat for t in trials])}/{nat_cell([t.l_nat for t in trials])}",

@@ -175,11 +175,8 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def summarize(pair, trials, rtt_ms):
-    """One table row (dict) for a pair's trials."""
-    paths = sorted({t.path for t in trials if t.path})
-    ttfb = _median([t.ttfb_ms for t in trials if t.completed])
-    direct = _median([t.direct_ms for t in trials])
+def base_row(pair, trials):
+    """The table cells every scenario's row starts with: the pair and its trial counts."""
     return {
         "pair": pair.name,
         "expect": pair.expect.describe(),
@@ -187,6 +184,16 @@ def summarize(pair, trials, rtt_ms):
         "connected": sum(t.connected for t in trials),
         "completed": sum(t.completed for t in trials),
         "as_expected": sum(t.as_expected for t in trials),
+    }
+
+
+def summarize(pair, trials, rtt_ms):
+    """One table row (dict) for a pair's trials."""
+    paths = sorted({t.path for t in trials if t.path})
+    ttfb = _median([t.ttfb_ms for t in trials if t.completed])
+    direct = _median([t.direct_ms for t in trials])
+    return {
+        **base_row(pair, trials),
         "path": ",".join(paths) or "-",
         "ttfb_rtt": None if ttfb is None else ttfb / rtt_ms,
         "direct_rtt": None if direct is None else direct / rtt_ms,
