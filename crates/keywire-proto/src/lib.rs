@@ -15,6 +15,7 @@ pub mod kad;
 pub mod nat;
 pub mod network_id;
 pub mod probe;
+pub mod sidewire;
 pub mod signal;
 pub mod ticket;
 pub mod wire;
