@@ -99,6 +99,7 @@ impl SignalNode {
         let (deliver_tx, deliver_rx) = mpsc::channel(config.receive_queue.max(1));
         let ctx = Arc::new(LinkContext {
             own_topic: own.mqtt_topic(),
+            qos: rumqttc::QoS::AtMostOnce,
             config: config.clone(),
             inbound: inbound_tx,
             health: Arc::new(HealthTable::new(config.backoff)),
