@@ -10,6 +10,7 @@ mod gate;
 mod node;
 mod output;
 mod pipe;
+mod sidewire;
 mod signal;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print this node's id (its public key), creating the key if needed.
-    Id,
+    Id(node::IdArgs),
     /// Wait for one connection and pipe stdin/stdout over it, like netcat.
     ///
     /// Prints a ticket on stderr; stdout carries only the bytes received.
@@ -97,7 +98,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match &cli.command {
-        Command::Id => node::print_id(&opts),
+        Command::Id(args) => node::print_id(&opts, args),
         Command::Listen(args) => pipe::listen(&opts, args).await,
         Command::Connect(args) => pipe::connect(&opts, args).await,
         Command::Demo(args) => demo::run(&opts, args).await,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use keywire::signal::{MessageType, PoolConfig, SignalConfig, SignalNode, SystemClock};
 use keywire::NodeId;
 
-use crate::node::NodeOptions;
+use crate::node::{Compat, NodeOptions};
 use crate::output;
 
 #[derive(clap::Args, Debug)]
@@ -27,7 +27,7 @@ pub struct PoolArgs {
 }
 
 impl PoolArgs {
-    fn config(&self) -> anyhow::Result<PoolConfig> {
+    pub fn config(&self) -> anyhow::Result<PoolConfig> {
         let mut pool = PoolConfig::new();
         if let Some(list) = &self.brokers {
             pool = PoolConfig::from_list(list)?;
@@ -64,13 +64,17 @@ pub struct ListenArgs {
     /// Exit after this many messages (default: run until interrupted).
     #[arg(long)]
     count: Option<u64>,
+    /// Speak another network's format: `sidewire` listens as this node's sidewire key (see
+    /// `keywire id --compat sidewire`) on every broker of the pool.
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
     #[command(flatten)]
     pool: PoolArgs,
-    /// The destination's node id (kw1...).
+    /// The destination's node id (kw1...), or with `--compat sidewire` its 66-hex key.
     node_id: String,
     /// The message text.
     text: String,
@@ -80,10 +84,24 @@ pub struct SendArgs {
     /// Brokers the destination advertised, tried first (comma-separated host:port).
     #[arg(long, value_name = "LIST")]
     hint: Option<String>,
+    /// Speak another network's format: `sidewire` sends as this node's sidewire key, on every
+    /// broker of the pool (ASCII text only; the same text at most once per 130 s).
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
 }
 
 pub async fn run(opts: &NodeOptions, command: &SignalCommand) -> anyhow::Result<()> {
     match command {
+        SignalCommand::Listen(args) if args.compat == Some(Compat::Sidewire) => {
+            crate::sidewire::listen(opts, args.pool.config()?, args.count).await
+        }
+        SignalCommand::Send(args) if args.compat == Some(Compat::Sidewire) => {
+            let pool = args.pool.config()?;
+            if args.hint.is_some() {
+                bail!("--hint is not used with --compat sidewire: every broker of the pool is");
+            }
+            crate::sidewire::send(opts, pool, &args.node_id, &args.text, args.timeout).await
+        }
         SignalCommand::Listen(args) => listen(opts, args).await,
         SignalCommand::Send(args) => send(opts, args).await,
     }

@@ -55,9 +55,14 @@ impl StoredKey for SidewireSecretKey {
     }
 }
 
-/// The sidewire key file next to the node's key file: `sidewire-secp256k1.key` in its directory.
+/// The sidewire key file that goes with a node key file: same directory, `<stem>.sidewire.key`
+/// (`secret.key` → `secret.sidewire.key`), so that each node key has its own.
 pub fn sidewire_key_path(node_key_path: &Path) -> PathBuf {
-    node_key_path.with_file_name("sidewire-secp256k1.key")
+    let stem = node_key_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("secret");
+    node_key_path.with_file_name(format!("{stem}.sidewire.key"))
 }
 
 /// Why a key file could not be used.
@@ -419,7 +424,7 @@ mod tests {
         let dir = temp_dir("sidewire");
         let node_path = dir.join("secret.key");
         let path = sidewire_key_path(&node_path);
-        assert_eq!(path, dir.join("sidewire-secp256k1.key"));
+        assert_eq!(path, dir.join("secret.sidewire.key"));
         let first: SidewireSecretKey = load_or_create_key(&path).unwrap();
         let second: SidewireSecretKey = load_or_create_key(&path).unwrap();
         assert_eq!(first.public_key(), second.public_key());
