@@ -1,6 +1,6 @@
 """A sidewire 0.1.9 peer for keywire's interop test and benchmark, built on sidewire's own Router.
 
-Usage: peer.py --brokers host:port,... --peer KEYHEX --count N [--answer] [--mode interop|bench]
+Usage: peer.py --brokers host:port,... [--peer KEYHEX] [--count N] [--mode interop|bench|listen]
 
 Prints one line per event on stdout, each starting with "SWPEER " and followed by JSON:
   ready  {key, subscribed: [hosts]}     once its Router has started
@@ -10,6 +10,7 @@ then waits for a line "go" on stdin, and:
   done   {sent_acked, send_failed, received, answered, answer_failed, answers_received,
           send_ack_ms: [...]}
   bench:   sends N messages one at a time and reports send->ACK times in done.send_ack_ms.
+  listen:  only acknowledges (sidewire does that by itself) until stdin closes.
 Any failure prints "SWPEER {"event": "error", ...}" and exits 1. Bounded: exits after --timeout.
 """
 
@@ -59,6 +60,11 @@ async def main(args):
                     servers=servers_from(args.brokers))
     subscribed = await router.start()
     emit("ready", key=router.kp.public_key_hex, subscribed=[c.host for c in subscribed])
+    if args.mode == "listen":
+        while await read_line():
+            pass
+        await router.close()
+        return 0
     if (await read_line()).strip() != "go":
         emit("error", error="expected 'go' on stdin")
         return 1
@@ -119,11 +125,14 @@ async def main(args):
 def parse():
     p = argparse.ArgumentParser()
     p.add_argument("--brokers", required=True)
-    p.add_argument("--peer", required=True)
+    p.add_argument("--peer")
     p.add_argument("--count", type=int, default=100)
-    p.add_argument("--mode", choices=["interop", "bench"], default="interop")
+    p.add_argument("--mode", choices=["interop", "bench", "listen"], default="interop")
     p.add_argument("--timeout", type=float, default=120.0)
-    return p.parse_args()
+    args = p.parse_args()
+    if args.mode != "listen" and not args.peer:
+        p.error("--peer is required in this mode")
+    return args
 
 
 if __name__ == "__main__":

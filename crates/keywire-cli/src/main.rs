@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_signal;
+mod bench_signal_sidewire;
 mod demo;
 mod dht;
 mod gate;
@@ -11,6 +12,7 @@ mod node;
 mod output;
 mod pipe;
 mod sidewire;
+mod sidewire_peer;
 mod signal;
 
 use std::path::PathBuf;

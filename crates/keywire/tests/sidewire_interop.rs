@@ -5,6 +5,8 @@
 //! runs); fails with that instruction when it is missing.
 
 mod mosquitto;
+#[path = "../../keywire-cli/src/sidewire_peer.rs"]
+#[allow(dead_code)]
 mod sidewire_peer;
 
 use std::collections::HashSet;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use keywire::signal::sidewire::{SidewireConfig, SidewireNode, SidewireSecretKey};
 use keywire::signal::{PoolConfig, SystemClock};
 use mosquitto::{bounded, free_port, Broker};
-use sidewire_peer::SidewirePeer;
+use sidewire_peer::{venv_python, PeerMode, SidewirePeer};
 
 const MESSAGES: usize = 100;
 
@@ -47,9 +49,18 @@ async fn hundred_messages_each_way_with_a_sidewire_peer_through_five_brokers_two
         );
         assert_eq!(node.wait_subscribed(3, Duration::from_secs(10)).await, 3);
 
-        let mut peer = SidewirePeer::spawn(&list, node.public_key(), MESSAGES, "interop").await;
+        let python = venv_python().unwrap_or_else(|e| panic!("{e}"));
+        let mut peer = SidewirePeer::spawn(
+            &python,
+            &list,
+            Some(node.public_key()),
+            MESSAGES,
+            PeerMode::Interop,
+        )
+        .await
+        .unwrap();
         let peer_key = peer.key.clone();
-        peer.go().await;
+        peer.go().await.unwrap();
 
         // keywire → sidewire: 100 distinct messages, 10 in flight, each must be ACKed.
         let sender = {
@@ -122,7 +133,7 @@ async fn hundred_messages_each_way_with_a_sidewire_peer_through_five_brokers_two
             "brokers tried per send: {tried:?}"
         );
 
-        let done = peer.done().await;
+        let done = peer.done().await.unwrap();
         assert_eq!(done["sent_acked"], MESSAGES, "{done}");
         assert_eq!(done["send_failed"], 0, "{done}");
         assert_eq!(done["received"], MESSAGES, "{done}");
