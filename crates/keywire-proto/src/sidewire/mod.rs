@@ -17,8 +17,8 @@ pub use guard::{
 };
 pub use key::{SidewireKeyError, SidewirePublicKey, SidewireSecretKey};
 pub use packet::{
-    decode_packet, encode_packet, PacketError, SidewireFields, SidewireKind, HEADER_LEN,
-    MAX_MESSAGE, MAX_PACKET, QUEUE_ID_LEN,
+    decode_packet, decode_unverified, encode_packet, PacketError, SidewireFields, SidewireKind,
+    HEADER_LEN, MAX_MESSAGE, MAX_PACKET, QUEUE_ID_LEN,
 };
 
 /// The text sidewire puts in every acknowledgement; keywire sends the same.

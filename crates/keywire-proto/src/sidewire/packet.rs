@@ -114,6 +114,22 @@ pub fn encode_packet(key: &super::SidewireSecretKey, fields: &SidewireFields) ->
 
 /// Decodes a packet and verifies its signature. Never panics on any input.
 pub fn decode_packet(bytes: &[u8]) -> Result<(SidewirePublicKey, SidewireFields), PacketError> {
+    let (fields, _) = decode_unverified(bytes)?;
+    let source = SidewirePublicKey::from_bytes(&bytes[..PUBLIC_KEY_LEN])
+        .map_err(|_| PacketError::BadSource)?;
+    let mut signature = [0u8; SIGNATURE_LEN];
+    signature.copy_from_slice(&bytes[PUBLIC_KEY_LEN..SIGNED_START]);
+    if !source.verify(&bytes[SIGNED_START..], &signature) {
+        return Err(PacketError::BadSignature);
+    }
+    Ok((source, fields))
+}
+
+/// The layout alone, signature unchecked: the fields and the claimed source bytes. For tools and
+/// fuzzing; receivers use [`decode_packet`]. Never panics on any input.
+pub fn decode_unverified(
+    bytes: &[u8],
+) -> Result<(SidewireFields, [u8; PUBLIC_KEY_LEN]), PacketError> {
     if bytes.len() < HEADER_LEN {
         return Err(PacketError::TooShort(bytes.len()));
     }
@@ -121,32 +137,30 @@ pub fn decode_packet(bytes: &[u8]) -> Result<(SidewirePublicKey, SidewireFields)
         return Err(PacketError::TooLong(bytes.len()));
     }
     let (source, rest) = bytes.split_at(PUBLIC_KEY_LEN);
-    let (signature, signed) = rest.split_at(SIGNATURE_LEN);
-    // The type is checked before the (costly) signature: an unknown type is refused either way.
-    let kind_byte = signed[QUEUE_ID_LEN + 12];
-    let kind = SidewireKind::from_byte(kind_byte).ok_or(PacketError::UnknownKind(kind_byte))?;
-    let source = SidewirePublicKey::from_bytes(source).map_err(|_| PacketError::BadSource)?;
-    let signature: &[u8; SIGNATURE_LEN] = signature
-        .try_into()
-        .map_err(|_| PacketError::TooShort(bytes.len()))?;
-    if !source.verify(signed, signature) {
-        return Err(PacketError::BadSignature);
-    }
+    let signed = &rest[SIGNATURE_LEN..];
+    let (queue, rest) = signed.split_at(QUEUE_ID_LEN);
+    let (sequence, rest) = rest.split_at(4);
+    let (timestamp, rest) = rest.split_at(8);
+    let (kind_byte, message) = rest.split_at(1);
+    let kind =
+        SidewireKind::from_byte(kind_byte[0]).ok_or(PacketError::UnknownKind(kind_byte[0]))?;
+    let mut source_bytes = [0u8; PUBLIC_KEY_LEN];
+    source_bytes.copy_from_slice(source);
     let mut queue_id = [0u8; QUEUE_ID_LEN];
-    queue_id.copy_from_slice(&signed[..QUEUE_ID_LEN]);
-    let mut sequence = [0u8; 4];
-    sequence.copy_from_slice(&signed[QUEUE_ID_LEN..QUEUE_ID_LEN + 4]);
-    let mut timestamp = [0u8; 8];
-    timestamp.copy_from_slice(&signed[QUEUE_ID_LEN + 4..QUEUE_ID_LEN + 12]);
+    queue_id.copy_from_slice(queue);
+    let mut sequence_bytes = [0u8; 4];
+    sequence_bytes.copy_from_slice(sequence);
+    let mut timestamp_bytes = [0u8; 8];
+    timestamp_bytes.copy_from_slice(timestamp);
     Ok((
-        source,
         SidewireFields {
             queue_id,
-            sequence: u32::from_be_bytes(sequence),
-            timestamp_secs: u64::from_be_bytes(timestamp),
+            sequence: u32::from_be_bytes(sequence_bytes),
+            timestamp_secs: u64::from_be_bytes(timestamp_bytes),
             kind,
-            message: signed[QUEUE_ID_LEN + 13..].to_vec(),
+            message: message.to_vec(),
         },
+        source_bytes,
     ))
 }
 

@@ -33,15 +33,12 @@ fn handle(inner: &Inner, inbound: &Inbound) {
     };
     match fields.kind {
         SidewireKind::Message => handle_message(inner, source, fields, inbound),
+        // Probes ask "are you subscribed on this broker?": answer each copy where it came.
         SidewireKind::Probe => {
-            // Probes ask "are you subscribed on this broker?": answer each copy where it came.
-            match check(inner, &source, &fields) {
-                Some(Verdict::Fresh) | Some(Verdict::Duplicate) => {
-                    if acknowledge(inner, &source, &fields, inbound) {
-                        inc(&c.probes_answered);
-                    }
-                }
-                _ => {}
+            if check(inner, &source, &fields).is_some()
+                && acknowledge(inner, &source, &fields, inbound)
+            {
+                inc(&c.probes_answered);
             }
         }
         SidewireKind::Ack => handle_ack(inner, source, fields, inbound),

@@ -42,11 +42,12 @@ pub struct SidewireConfig {
 
 impl Default for SidewireConfig {
     fn default() -> Self {
-        let mut signal = SignalConfig::default();
-        // sidewire's own keep-alive: brokers that drop idle clients early treat both alike.
-        signal.keep_alive = Duration::from_secs(10);
         Self {
-            signal,
+            signal: SignalConfig {
+                // sidewire's own keep-alive: brokers that drop idle clients early treat both alike.
+                keep_alive: Duration::from_secs(10),
+                ..SignalConfig::default()
+            },
             publish_rounds: 5,
             seen_capacity: 65_536,
             recent_capacity: 4096,
