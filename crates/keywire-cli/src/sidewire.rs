@@ -94,23 +94,5 @@ pub async fn send(
     // must be up: publishing waits for connections to be up (subscribed) anyway.
     node.wait_subscribed(1, Duration::from_secs(5)).await;
     let report = node.send(&dest, text.as_bytes()).await?;
-    if opts.json {
-        output::event(serde_json::json!({
-            "event": "sent",
-            "acked": report.acked,
-            "via": report.via.as_ref().map(|b| b.to_string()),
-            "brokers": report.brokers_tried,
-            "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
-        }));
-    } else if report.acked {
-        eprintln!(
-            "acknowledged via {} in {:.1} ms",
-            report.via.map(|b| b.to_string()).unwrap_or_default(),
-            report.elapsed.as_secs_f64() * 1000.0
-        );
-    }
-    if !report.acked {
-        bail!("not acknowledged within {timeout} s");
-    }
-    Ok(())
+    crate::signal::print_send_report(opts, &report, timeout)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use keywire::signal::{MessageType, PoolConfig, SignalConfig, SignalNode, SystemClock};
+use keywire::signal::{MessageType, PoolConfig, SendReport, SignalConfig, SignalNode, SystemClock};
 use keywire::NodeId;
 
 use crate::node::{Compat, NodeOptions};
@@ -175,22 +175,33 @@ async fn send(opts: &NodeOptions, args: &SendArgs) -> anyhow::Result<()> {
     // Our own subscription carries the acknowledgement back; give it a moment to be up.
     node.wait_subscribed(1, Duration::from_secs(5)).await;
     let report = node.send(dest, args.text.as_bytes()).await?;
+    print_send_report(opts, &report, args.timeout)
+}
+
+/// Prints how a send went; an error (exit code 1) if it was not acknowledged.
+pub fn print_send_report(
+    opts: &NodeOptions,
+    report: &SendReport,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let via = report.via.as_ref().map(|b| b.to_string());
+    let elapsed_ms = report.elapsed.as_secs_f64() * 1000.0;
     if opts.json {
         output::event(serde_json::json!({
             "event": "sent",
             "acked": report.acked,
-            "via": report.via.as_ref().map(|b| b.to_string()),
-            "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
+            "via": via,
+            "brokers": report.brokers_tried,
+            "elapsed_ms": elapsed_ms,
         }));
     } else if report.acked {
         eprintln!(
-            "acknowledged via {} in {:.1} ms",
-            report.via.map(|b| b.to_string()).unwrap_or_default(),
-            report.elapsed.as_secs_f64() * 1000.0
+            "acknowledged via {} in {elapsed_ms:.1} ms",
+            via.unwrap_or_default()
         );
     }
     if !report.acked {
-        bail!("not acknowledged within {} s", args.timeout);
+        bail!("not acknowledged within {timeout_secs} s");
     }
     Ok(())
 }

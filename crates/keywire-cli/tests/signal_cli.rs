@@ -66,6 +66,44 @@ fn keywire(dir: &Path, key: &str) -> Command {
     c
 }
 
+/// Starts `keywire --json signal listen --count 1 <extra>` and waits until it is listening;
+/// returns the process and the "listening" line.
+fn start_listener(dir: &Path, key: &str, brokers: &str, extra: &[&str]) -> (Guard, String) {
+    let mut listener = keywire(dir, key)
+        .args([
+            "--json",
+            "signal",
+            "listen",
+            "--count",
+            "1",
+            "--brokers",
+            brokers,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(listener.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("\"listening\""), "{line}");
+    (Guard(listener), line)
+}
+
+/// Asserts that `sent` succeeded, then returns the one message the listener printed.
+fn received_by(mut listener: Guard, sent: &std::process::Output) -> serde_json::Value {
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(listener.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(listener.0.wait().unwrap().success());
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 #[test]
 fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
     let dir = std::env::temp_dir().join(format!("kw-signal-cli-{}", std::process::id()));
@@ -75,28 +113,7 @@ fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
     let out = keywire(&dir, "b.key").arg("id").output().unwrap();
     let b_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
-    let mut listener = keywire(&dir, "b.key")
-        .args([
-            "--json",
-            "signal",
-            "listen",
-            "--count",
-            "1",
-            "--brokers",
-            &brokers,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for "listening" on stderr before sending.
-    let mut err = BufReader::new(listener.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("\"listening\""), "{line}");
-    let listener = Guard(listener);
-    drop(err);
-
+    let (listener, _) = start_listener(&dir, "b.key", &brokers, &[]);
     let sent = keywire(&dir, "a.key")
         .args([
             "signal",
@@ -108,17 +125,7 @@ fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
         ])
         .output()
         .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-
-    let mut listener = listener;
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(listener.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(listener.0.wait().unwrap().success());
-    let msg: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let msg = received_by(listener, &sent);
     assert_eq!(msg["payload"], "hello by key");
     assert_eq!(msg["kind"], "data");
 
@@ -174,24 +181,8 @@ fn compat_sidewire_id_listen_and_send() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
-    let mut listener = keywire(&dir, "b.key")
-        .args([
-            "--json", "signal", "listen", "--compat", "sidewire", "--count", "1",
-        ])
-        .args(["--brokers", &brokers])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(listener.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(
-        line.contains("\"listening\"") && line.contains(&b_key),
-        "{line}"
-    );
-    let listener = Guard(listener);
-    drop(err);
+    let (listener, line) = start_listener(&dir, "b.key", &brokers, &["--compat", "sidewire"]);
+    assert!(line.contains(&b_key), "{line}");
 
     let send = |text: &str| {
         keywire(&dir, "a.key")
@@ -200,17 +191,7 @@ fn compat_sidewire_id_listen_and_send() {
             .output()
             .unwrap()
     };
-    let sent = send("hello sidewire");
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let mut listener = listener;
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(listener.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(listener.0.wait().unwrap().success());
-    let msg: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let msg = received_by(listener, &send("hello sidewire"));
     assert_eq!(msg["payload"], "hello sidewire");
     assert_eq!(msg["from"].as_str().unwrap(), id("a.key"));
 

@@ -211,6 +211,42 @@ impl Drop for Link {
     }
 }
 
+/// Waits for a token from `bucket` (a sender's rate cap).
+pub(crate) async fn take_token(bucket: &Mutex<TokenBucket>) {
+    loop {
+        let wait = {
+            let mut bucket = lock(bucket);
+            let now = Instant::now().into_std();
+            if bucket.try_take(now) {
+                return;
+            }
+            bucket.poll_timeout(now)
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// Counters a publish attempt bumps: one of three outcomes, or nothing if the link was not up.
+pub(crate) struct PublishCounters<'a> {
+    pub(crate) published: &'a std::sync::atomic::AtomicU64,
+    pub(crate) rate_limited: &'a std::sync::atomic::AtomicU64,
+    pub(crate) queue_full: &'a std::sync::atomic::AtomicU64,
+}
+
+impl PublishCounters<'_> {
+    /// Counts `result`; returns whether the publish was handed to the connection.
+    pub(crate) fn count(&self, result: Result<(), PublishSkip>) -> bool {
+        let counter = match result {
+            Ok(()) => self.published,
+            Err(PublishSkip::RateLimited) => self.rate_limited,
+            Err(PublishSkip::QueueFull) => self.queue_full,
+            Err(PublishSkip::NotUp) => return false,
+        };
+        inc(counter);
+        result.is_ok()
+    }
+}
+
 /// Locks a mutex whose data stays valid even if a holder panicked (plain values only).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

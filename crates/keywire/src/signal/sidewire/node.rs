@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::metrics::{Counters, SidewireMetrics};
 use super::SidewireError;
 use crate::signal::health::HealthTable;
-use crate::signal::link::{lock, Link, LinkContext, LinkState, PublishSkip};
+use crate::signal::link::{lock, take_token, Link, LinkContext, LinkState, PublishCounters};
 use crate::signal::metrics::{inc, Counters as LinkCounters};
 use crate::signal::{PoolConfig, SendReport, SignalConfig, WallClock};
 
@@ -200,7 +200,7 @@ impl SidewireNode {
         let started = Instant::now();
         let signal = &inner.config.signal;
         let deadline = started + signal.send_timeout;
-        inner.wait_for_send_token().await;
+        take_token(&inner.sender_bucket).await;
         lock(&inner.recent)
             .claim(text, Instant::now().into_std())
             .map_err(|refused| match refused {
@@ -315,35 +315,12 @@ impl Inner {
 
     /// Publishes on one connection if it is up; counts what happened.
     pub(crate) fn publish(&self, link: &Link, topic: &str, bytes: &[u8]) -> bool {
-        match link.publish(topic, bytes) {
-            Ok(()) => {
-                inc(&self.counters.publishes);
-                true
-            }
-            Err(PublishSkip::RateLimited) => {
-                inc(&self.counters.publishes_rate_limited);
-                false
-            }
-            Err(PublishSkip::QueueFull) => {
-                inc(&self.counters.publishes_queue_full);
-                false
-            }
-            Err(PublishSkip::NotUp) => false,
+        PublishCounters {
+            published: &self.counters.publishes,
+            rate_limited: &self.counters.publishes_rate_limited,
+            queue_full: &self.counters.publishes_queue_full,
         }
-    }
-
-    async fn wait_for_send_token(&self) {
-        loop {
-            let wait = {
-                let mut bucket = lock(&self.sender_bucket);
-                let now = Instant::now().into_std();
-                if bucket.try_take(now) {
-                    return;
-                }
-                bucket.poll_timeout(now)
-            };
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-        }
+        .count(link.publish(topic, bytes))
     }
 }
 
