@@ -122,8 +122,7 @@ impl AcceptDriver {
             return None;
         };
         let alpn = handshake::negotiated_alpn(&conn).unwrap_or_default();
-        match handshake::check_dialer(&conn, &self.network, announced, self.handshake_timeout)
-            .await
+        match handshake::check_dialer(&conn, &self.network, announced, self.handshake_timeout).await
         {
             Ok(candidates) => {
                 self.paths.bind(virtual_addr, peer);

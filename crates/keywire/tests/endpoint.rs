@@ -252,7 +252,11 @@ async fn allow_list_admits_only_listed_keys() {
         .await
         .expect("listed key connects");
     expect_refused(stranger.connect(&addr_of(&server), ALPN).await).await;
-    assert_eq!(server.metrics().incoming_accepted, 1, "only the friend was handed out");
+    assert_eq!(
+        server.metrics().incoming_accepted,
+        1,
+        "only the friend was handed out"
+    );
 }
 
 /// A refused dialer learns of it half a round trip after its own handshake completed, so
@@ -272,7 +276,10 @@ async fn echo_once(conn: &keywire::Connection) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(b"once").await.unwrap();
     send.finish().unwrap();
-    assert_eq!(within(10, "echo", recv.read_to_end(16)).await.unwrap(), b"once");
+    assert_eq!(
+        within(10, "echo", recv.read_to_end(16)).await.unwrap(),
+        b"once"
+    );
 }
 
 #[tokio::test]
