@@ -31,7 +31,7 @@ impl NodeOptions {
     }
 
     /// The sidewire compatibility key (secp256k1), created on first use next to the node's key
-    /// file (`secret.key` → `secret.sidewire.key`, mode 0600).
+    /// file (`secret.key` → `secret.key.sidewire`, mode 0600).
     pub fn sidewire_key(&self) -> anyhow::Result<(SidewireSecretKey, PathBuf)> {
         let path = key_file::sidewire_key_path(&self.key_path()?);
         let key = key_file::load_or_create_key(&path)?;

@@ -85,7 +85,7 @@ pub struct SendArgs {
     #[arg(long, value_name = "LIST")]
     hint: Option<String>,
     /// Speak another network's format: `sidewire` sends as this node's sidewire key, on every
-    /// broker of the pool (ASCII text only; the same text at most once per 130 s).
+    /// broker of the pool (ASCII text only; the same text at most once per 140 s).
     #[arg(long, value_enum)]
     compat: Option<Compat>,
 }

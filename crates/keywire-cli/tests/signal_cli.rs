@@ -177,7 +177,7 @@ fn compat_sidewire_id_listen_and_send() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(dir.join("b.sidewire.key")).unwrap();
+        let meta = std::fs::metadata(dir.join("b.key.sidewire")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 

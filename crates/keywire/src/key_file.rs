@@ -55,14 +55,15 @@ impl StoredKey for SidewireSecretKey {
     }
 }
 
-/// The sidewire key file that goes with a node key file: same directory, `<stem>.sidewire.key`
-/// (`secret.key` → `secret.sidewire.key`), so that each node key has its own.
+/// The sidewire key file that goes with a node key file: its whole name plus `.sidewire`
+/// (`secret.key` → `secret.key.sidewire`), so that each node key file has its own.
 pub fn sidewire_key_path(node_key_path: &Path) -> PathBuf {
-    let stem = node_key_path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("secret");
-    node_key_path.with_file_name(format!("{stem}.sidewire.key"))
+    let mut name = node_key_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "secret.key".into());
+    name.push(".sidewire");
+    node_key_path.with_file_name(name)
 }
 
 /// Why a key file could not be used.
@@ -424,7 +425,12 @@ mod tests {
         let dir = temp_dir("sidewire");
         let node_path = dir.join("secret.key");
         let path = sidewire_key_path(&node_path);
-        assert_eq!(path, dir.join("secret.sidewire.key"));
+        assert_eq!(path, dir.join("secret.key.sidewire"));
+        // Node key files `a` and `a.key` get different sidewire keys.
+        assert_ne!(
+            sidewire_key_path(&dir.join("a")),
+            sidewire_key_path(&dir.join("a.key"))
+        );
         let first: SidewireSecretKey = load_or_create_key(&path).unwrap();
         let second: SidewireSecretKey = load_or_create_key(&path).unwrap();
         assert_eq!(first.public_key(), second.public_key());

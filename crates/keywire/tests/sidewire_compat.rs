@@ -172,3 +172,64 @@ async fn a_send_with_no_broker_up_publishes_nothing_and_keeps_the_text_free() {
     })
     .await;
 }
+
+/// What a sidewire peer may legitimately do that a stricter receiver could get wrong: ACK with a
+/// clock far behind ours, reply on the queue id it was given (so its reply shares source, queue
+/// and sequence with its ACK), and retransmit a message first sent just before we started.
+#[tokio::test]
+async fn skewed_acks_same_queue_replies_and_pre_start_retransmissions_are_accepted() {
+    let broker = Broker::start();
+    let pool = PoolConfig::new().broker("127.0.0.1", broker.port);
+    bounded(Duration::from_secs(30), async {
+        let node = std::sync::Arc::new(start(&pool));
+        assert_eq!(node.wait_subscribed(1, Duration::from_secs(5)).await, 1);
+        let peer = SidewireSecretKey::generate(&mut rand::rngs::OsRng);
+        let mut as_peer = RawClient::connect(broker.port, &peer.public_key().topic()).await;
+        let packet = |kind, queue_id, secs, message: &[u8]| {
+            encode_packet(
+                &peer,
+                &SidewireFields {
+                    queue_id,
+                    sequence: 0,
+                    timestamp_secs: secs,
+                    kind,
+                    message: message.to_vec(),
+                },
+            )
+        };
+        let sending = {
+            let (node, dest) = (node.clone(), peer.public_key().clone());
+            tokio::spawn(async move { node.send(&dest, b"ping").await })
+        };
+        let (_, sent) = decode_packet(&as_peer.next().await).unwrap();
+        // The peer's clock is 10 minutes behind: its ACK must still complete the send.
+        let ack = packet(SidewireKind::Ack, sent.queue_id, now_secs() - 600, b"ack");
+        as_peer.publish(&node.public_key().topic(), ack).await;
+        assert!(sending.await.unwrap().unwrap().acked);
+        // Its reply on the same queue id (sidewire hands the queue id to its handler).
+        let reply = packet(SidewireKind::Message, sent.queue_id, now_secs(), b"pong");
+        as_peer.publish(&node.public_key().topic(), reply).await;
+        let got = node.recv().await.unwrap();
+        assert_eq!(got.message, b"pong");
+        // A probe stamped an hour ago is answered all the same.
+        let probe = packet(SidewireKind::Probe, rand::random(), now_secs() - 3600, b"");
+        as_peer.publish(&node.public_key().topic(), probe).await;
+        eventually(Duration::from_secs(5), "the probe answered", || {
+            node.metrics().probes_answered == 1
+        })
+        .await;
+
+        // A node that starts now accepts a retransmission stamped 2 s before it started.
+        let late = start(&pool);
+        assert_eq!(late.wait_subscribed(1, Duration::from_secs(5)).await, 1);
+        let early = packet(
+            SidewireKind::Message,
+            rand::random(),
+            now_secs() - 2,
+            b"early",
+        );
+        as_peer.publish(&late.public_key().topic(), early).await;
+        assert_eq!(late.recv().await.unwrap().message, b"early");
+    })
+    .await;
+}

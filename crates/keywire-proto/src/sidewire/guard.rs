@@ -12,11 +12,17 @@ use super::SidewirePublicKey;
 /// sidewire itself refuses messages older than 120 s but accepts any future timestamp.
 pub const TIMESTAMP_WINDOW: u64 = 120;
 
-/// A sidewire receiver remembers the SHA-256 of every text it delivered for 120 s, checked every
-/// 10 s (its `prune_msg_ids`), and drops a repeat without telling its application — though it
-/// still acknowledges it. keywire refuses to send one text twice within this window rather than
-/// have it acknowledged and lost.
-pub const PAYLOAD_REUSE_WINDOW: Duration = Duration::from_secs(130);
+/// A sidewire receiver remembers the SHA-256 of every text it delivered for 120 s after its
+/// arrival, pruned only every 10 s (its `prune_msg_ids`), and drops a repeat without telling its
+/// application — though it still acknowledges it. keywire refuses to send one text again until
+/// this long after its *last* publish (120 + 10 + a margin for delivery and loop delays), rather
+/// than have it acknowledged and lost.
+pub const PAYLOAD_REUSE_WINDOW: Duration = Duration::from_secs(140);
+
+/// Messages stamped up to this long before the receiver started are still accepted: sidewire
+/// retransmits with the original stamp, and clocks differ by seconds. The price: a message
+/// captured in the 30 s before a restart can be replayed once after it.
+pub const START_GRACE_SECS: u64 = 30;
 
 /// Payloads sent in the last [`PAYLOAD_REUSE_WINDOW`].
 #[derive(Debug)]
@@ -31,10 +37,10 @@ pub struct RecentPayloads {
 #[non_exhaustive]
 pub enum ClaimRefused {
     /// The same text was sent less than [`PAYLOAD_REUSE_WINDOW`] ago.
-    #[error("the same text was sent to sidewire peers less than 130 s ago; sidewire receivers would acknowledge and drop it (retry in {0:?})")]
+    #[error("the same text was sent to sidewire peers less than 140 s ago; sidewire receivers would acknowledge and drop it (retry in {0:?})")]
     Repeated(Duration),
     /// As many distinct texts as the memory holds were sent within the window.
-    #[error("too many distinct texts sent in the last 130 s")]
+    #[error("too many distinct texts sent in the last 140 s")]
     Full,
 }
 
@@ -68,6 +74,17 @@ impl RecentPayloads {
         Ok(())
     }
 
+    /// Restarts the window of a claimed `payload` at `now` (called at each publish: the
+    /// receiver's memory runs from the copy it got last).
+    pub fn refresh(&mut self, payload: &[u8], now: Instant) {
+        let print = Self::fingerprint(payload);
+        if let Some(at) = self.sent.get_mut(&print) {
+            *at = now;
+            self.order.retain(|(p, _)| *p != print);
+            self.order.push_back((print, now));
+        }
+    }
+
     /// Forgets `payload` (a send that never reached any broker may be retried at once).
     pub fn forget(&mut self, payload: &[u8]) {
         let print = Self::fingerprint(payload);
@@ -95,7 +112,8 @@ pub enum Verdict {
     /// Accepted before (a copy through another broker, a retransmission or a replay): do not
     /// deliver again. A message is still acknowledged, since the sender may have lost the ACK.
     Duplicate,
-    /// Older than the window, or stamped before this receiver started.
+    /// Older than the window, or stamped more than [`START_GRACE_SECS`] before this receiver
+    /// started.
     Stale,
     /// Stamped more than the window ahead of the receiver's clock.
     Future,
@@ -105,7 +123,13 @@ pub enum Verdict {
 
 type MessageKey = ([u8; PUBLIC_KEY_LEN], [u8; QUEUE_ID_LEN], u32);
 
-/// Accepted (source, queue id, sequence) triples, each kept until its timestamp leaves the window.
+/// Accepted messages, by (source, queue id, sequence), each kept until the latest timestamp
+/// seen on any copy of it leaves the window (sidewire signs each broker's copy separately, so
+/// copies of one message may carry different stamps).
+///
+/// Only messages go here. ACKs are matched against pending sends and probes are answered
+/// without memory: a sidewire application may reply on the queue id it was given, which makes
+/// its reply share (source, queue, sequence) with its ACK.
 ///
 /// sidewire deduplicates by the text alone, so two different messages with the same text are
 /// one to it; keywire keys by message id and refuses timestamps outside a window both ways.
@@ -119,12 +143,12 @@ pub struct SeenMessages {
 
 impl SeenMessages {
     /// A memory of at most `capacity` ids for a receiver that started at `started_secs`
-    /// (Unix seconds): messages stamped before it are refused, so nothing captured before a
-    /// restart can be replayed after it.
+    /// (Unix seconds): messages stamped more than [`START_GRACE_SECS`] before it are refused, so
+    /// little captured before a restart can be replayed after it.
     pub fn new(capacity: usize, started_secs: u64) -> Self {
         Self {
             capacity: capacity.max(1),
-            floor_secs: started_secs,
+            floor_secs: started_secs.saturating_sub(START_GRACE_SECS),
             seen: HashMap::new(),
             by_time: BTreeSet::new(),
         }
@@ -146,7 +170,14 @@ impl SeenMessages {
         }
         self.expire(now_secs);
         let key = (*source.as_bytes(), fields.queue_id, fields.sequence);
-        if self.seen.contains_key(&key) {
+        if let Some(known) = self.seen.get_mut(&key) {
+            // Keep the id until its latest-stamped copy leaves the window, or that copy could
+            // be replayed as new after the first one expired.
+            if stamp > *known {
+                self.by_time.remove(&(*known, key));
+                self.by_time.insert((stamp, key));
+                *known = stamp;
+            }
             return Verdict::Duplicate;
         }
         if self.seen.len() >= self.capacity {
@@ -202,11 +233,17 @@ mod tests {
         let later = t0 + Duration::from_secs(100);
         assert_eq!(
             recent.claim(b"hi", later),
-            Err(ClaimRefused::Repeated(Duration::from_secs(30)))
+            Err(ClaimRefused::Repeated(Duration::from_secs(40)))
         );
         assert_eq!(recent.claim(b"hi", t0 + PAYLOAD_REUSE_WINDOW), Ok(()));
         recent.forget(b"other");
         assert_eq!(recent.claim(b"other", later), Ok(()));
+        // A retransmission restarts the window: it runs from the last copy sent.
+        recent.refresh(b"other", later + Duration::from_secs(50));
+        assert_eq!(
+            recent.claim(b"other", later + PAYLOAD_REUSE_WINDOW),
+            Err(ClaimRefused::Repeated(Duration::from_secs(50)))
+        );
     }
 
     #[test]
@@ -224,7 +261,7 @@ mod tests {
         let key = SidewireSecretKey::generate(&mut rand::rngs::OsRng);
         let me = key.public_key();
         let now = 1_700_000_000;
-        let mut seen = SeenMessages::new(4, now - 10);
+        let mut seen = SeenMessages::new(4, now - 10 + START_GRACE_SECS);
         assert_eq!(seen.check(me, &fields(1, now), now), Verdict::Fresh);
         assert_eq!(seen.check(me, &fields(1, now), now), Verdict::Duplicate);
         // Same text, another id: a different message (sidewire would call it a duplicate).
@@ -243,5 +280,40 @@ mod tests {
         let later = now + 121;
         assert_eq!(seen.check(me, &fields(5, later), later), Verdict::Fresh);
         assert_eq!(seen.len(), 2, "ids 3 (stamped now + 120) and 5 remain");
+    }
+
+    #[test]
+    fn an_id_lives_as_long_as_its_latest_stamped_copy() {
+        let key = SidewireSecretKey::generate(&mut rand::rngs::OsRng);
+        let me = key.public_key();
+        let t = 1_700_000_000;
+        let mut seen = SeenMessages::new(8, t);
+        // Two copies of one message, signed a second apart (one per broker).
+        assert_eq!(seen.check(me, &fields(1, t), t), Verdict::Fresh);
+        assert_eq!(seen.check(me, &fields(1, t + 1), t + 1), Verdict::Duplicate);
+        // At t + 121 the first copy is out of the window, the second is not: still a replay.
+        assert_eq!(
+            seen.check(me, &fields(1, t + 1), t + 121),
+            Verdict::Duplicate
+        );
+        assert_eq!(seen.check(me, &fields(1, t + 1), t + 122), Verdict::Stale);
+    }
+
+    #[test]
+    fn messages_stamped_shortly_before_start_are_accepted() {
+        let key = SidewireSecretKey::generate(&mut rand::rngs::OsRng);
+        let me = key.public_key();
+        let start = 1_700_000_000;
+        let mut seen = SeenMessages::new(8, start);
+        // A retransmission of a message first sent 2 s before we started (or a peer whose
+        // clock lags by 2 s) is accepted; one from before the grace is not.
+        assert_eq!(
+            seen.check(me, &fields(1, start - 2), start + 1),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            seen.check(me, &fields(2, start - START_GRACE_SECS - 1), start + 1),
+            Verdict::Stale
+        );
     }
 }

@@ -13,7 +13,8 @@ mod key;
 mod packet;
 
 pub use guard::{
-    ClaimRefused, RecentPayloads, SeenMessages, Verdict, PAYLOAD_REUSE_WINDOW, TIMESTAMP_WINDOW,
+    ClaimRefused, RecentPayloads, SeenMessages, Verdict, PAYLOAD_REUSE_WINDOW, START_GRACE_SECS,
+    TIMESTAMP_WINDOW,
 };
 pub use key::{SidewireKeyError, SidewirePublicKey, SidewireSecretKey};
 pub use packet::{

@@ -33,11 +33,11 @@ fn handle(inner: &Inner, inbound: &Inbound) {
     };
     match fields.kind {
         SidewireKind::Message => handle_message(inner, source, fields, inbound),
-        // Probes ask "are you subscribed on this broker?": answer each copy where it came.
+        // Probes ask "are you subscribed on this broker?": answer each copy where it came,
+        // whatever its stamp (sidewire exempts probes from its age check, for clock skew), with
+        // no memory kept; the broker connection's publish cap bounds the answers.
         SidewireKind::Probe => {
-            if check(inner, &source, &fields).is_some()
-                && acknowledge(inner, &source, &fields, inbound)
-            {
+            if acknowledge(inner, &source, &fields, inbound) {
                 inc(&c.probes_answered);
             }
         }
@@ -94,21 +94,22 @@ fn handle_message(
 
 fn handle_ack(inner: &Inner, source: SidewirePublicKey, fields: SidewireFields, inbound: &Inbound) {
     let c = &inner.counters;
-    match check(inner, &source, &fields) {
-        Some(Verdict::Fresh) => {}
-        // sidewire republishes each ACK with back-off for up to a minute, and acknowledges every
-        // copy of a message: all but the first are noise.
-        Some(_) => return inc(&c.acks_duplicate),
-        None => return,
-    }
+    // No timestamp window and no replay memory for ACKs: sidewire exempts them from its age
+    // check (clock skew) and republishes the same bytes for a minute, so a refused ACK would
+    // never get through. Only an ACK from the destination naming a pending send's random queue
+    // id completes anything, so a replayed ACK can do no harm.
     let mut pending = lock(&inner.pending);
     match pending.get(&fields.queue_id) {
         Some((dest, _)) if *dest == source && fields.sequence == 0 => {
             if let Some((_, tx)) = pending.remove(&fields.queue_id) {
                 let _ = tx.send(inbound.broker.clone());
             }
+            inner.remember_acked(fields.queue_id);
             inc(&c.acks_matched);
         }
+        // sidewire republishes each ACK with back-off for up to a minute, and acknowledges
+        // every copy of a message: all but the first are noise.
+        _ if inner.was_acked(&fields.queue_id) => inc(&c.acks_duplicate),
         _ => inc(&c.acks_unmatched),
     }
 }

@@ -7,8 +7,9 @@
 //! a pool, so this node publishes and subscribes on **every** broker of the pool.
 //!
 //! It behaves as a polite sidewire peer: ASCII text only, never the same text twice within
-//! 130 s (sidewire receivers would acknowledge and drop it), bounded retransmission, ACKs sent on
-//! the broker a message came in on, probes answered, duplicate ACKs ignored. See
+//! 140 s of its last publish (sidewire receivers would acknowledge and drop it), bounded
+//! retransmission, ACKs sent on the broker a message came in on, probes answered, duplicate
+//! ACKs ignored. See
 //! `docs/mqtt-signalling.md` for the format and the weaknesses keywire's native envelope fixes.
 
 mod inbound;
@@ -37,11 +38,11 @@ pub enum SidewireError {
     /// Longer than [`keywire_proto::sidewire::MAX_MESSAGE`].
     #[error("message of {0} bytes exceeds the {max}-byte limit", max = keywire_proto::sidewire::MAX_MESSAGE)]
     TooLong(usize),
-    /// The same text went out less than 130 s ago: sidewire receivers would acknowledge it and
+    /// The same text went out less than 140 s ago: sidewire receivers would acknowledge it and
     /// drop it without delivering.
-    #[error("the same text was sent less than 130 s ago; sidewire peers would drop it (retry in {0:?}, or vary the text)")]
+    #[error("the same text was sent less than 140 s ago; sidewire peers would drop it (retry in {0:?}, or vary the text)")]
     RepeatedText(Duration),
-    /// Too many distinct texts sent within 130 s, or too many sends waiting for ACKs.
+    /// Too many distinct texts sent within 140 s, or too many sends waiting for ACKs.
     #[error("too many sends at once")]
     Busy,
 }

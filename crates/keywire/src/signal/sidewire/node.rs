@@ -1,6 +1,6 @@
 //! The sidewire-compatible node: one QoS 1 connection per broker, send, receive.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub struct SidewireConfig {
     /// Accepted message ids remembered for replay refusal; when full of unexpired ids, new
     /// messages are refused.
     pub seen_capacity: usize,
-    /// Distinct texts remembered for the 130-second no-repeat rule; when full, `send` fails
+    /// Distinct texts remembered for the 140-second no-repeat rule; when full, `send` fails
     /// with `Busy`.
     pub recent_capacity: usize,
 }
@@ -62,13 +62,18 @@ pub struct SidewireReceived {
     pub from: SidewirePublicKey,
     /// The text (sidewire sends ASCII; other bytes are passed through as received).
     pub message: Vec<u8>,
-    /// The sender's queue id for this message.
+    /// The sender's queue id for this message. Messages are deduplicated by (sender, queue id,
+    /// sequence), not by text as sidewire does: a sidewire application that retries a send
+    /// after its 4 s timeout uses a new queue id, and both copies are delivered.
     pub queue_id: [u8; QUEUE_ID_LEN],
     /// The sender's timestamp, Unix seconds.
     pub timestamp_secs: u64,
     /// The broker the first copy arrived through.
     pub broker: BrokerId,
 }
+
+/// Completed sends remembered to classify late ACKs (a counter's accuracy, nothing more).
+const ACKED_MEMORY: usize = 1024;
 
 type Pending = Mutex<HashMap<[u8; QUEUE_ID_LEN], (SidewirePublicKey, oneshot::Sender<BrokerId>)>>;
 
@@ -80,6 +85,8 @@ pub(crate) struct Inner {
     link_counters: Arc<LinkCounters>,
     pub(crate) counters: Counters,
     pub(crate) pending: Pending,
+    /// Queue ids of sends completed lately, to tell sidewire's repeated ACKs from strays.
+    acked: Mutex<VecDeque<[u8; QUEUE_ID_LEN]>>,
     recent: Mutex<RecentPayloads>,
     pub(crate) seen: Mutex<SeenMessages>,
     sender_bucket: Mutex<TokenBucket>,
@@ -137,6 +144,7 @@ impl SidewireNode {
             link_counters,
             counters: Counters::default(),
             pending: Mutex::new(HashMap::new()),
+            acked: Mutex::new(VecDeque::with_capacity(ACKED_MEMORY)),
             recent: Mutex::new(RecentPayloads::new(config.recent_capacity)),
             seen: Mutex::new(SeenMessages::new(config.seen_capacity, started_secs)),
             sender_bucket: Mutex::new(TokenBucket::new(
@@ -214,16 +222,6 @@ impl SidewireNode {
         };
         // sidewire's SmartPipe picks a fresh random queue per message, sequence 0.
         let queue_id: [u8; QUEUE_ID_LEN] = rand::random();
-        let packet = encode_packet(
-            &inner.key,
-            &SidewireFields {
-                queue_id,
-                sequence: 0,
-                timestamp_secs: inner.now_secs(),
-                kind: SidewireKind::Message,
-                message: text.to_vec(),
-            },
-        );
         let (ack_tx, mut ack_rx) = oneshot::channel();
         {
             let mut pending = lock(&inner.pending);
@@ -236,11 +234,27 @@ impl SidewireNode {
         let topic = dest.topic();
         let mut tried = BTreeSet::new();
         let mut rounds = 0;
+        // Signed at the first publish, so that its stamp is when it left, not when `send` began
+        // waiting for a broker; retransmissions reuse the bytes (and stamp), as sidewire does.
+        let mut packet = None;
         let via = loop {
-            if rounds < inner.config.publish_rounds {
+            let any_up = inner.links.iter().any(|l| l.state() == LinkState::Up);
+            if rounds < inner.config.publish_rounds && any_up {
+                let packet = packet.get_or_insert_with(|| {
+                    encode_packet(
+                        &inner.key,
+                        &SidewireFields {
+                            queue_id,
+                            sequence: 0,
+                            timestamp_secs: inner.now_secs(),
+                            kind: SidewireKind::Message,
+                            message: text.to_vec(),
+                        },
+                    )
+                });
                 let mut published = false;
                 for link in &inner.links {
-                    if inner.publish(link, &topic, &packet) {
+                    if inner.publish(link, &topic, packet) {
                         published = true;
                         tried.insert(link.spec.id());
                     }
@@ -249,6 +263,8 @@ impl SidewireNode {
                 // first attempt do not use up the retransmission budget.
                 if published {
                     rounds += 1;
+                    // The receiver's no-repeat memory runs from the last copy it got.
+                    lock(&inner.recent).refresh(text, Instant::now().into_std());
                     if !claim.keep {
                         claim.keep = true;
                         inc(&inner.counters.sends);
@@ -305,6 +321,18 @@ impl Drop for SidewireNode {
 }
 
 impl Inner {
+    pub(crate) fn remember_acked(&self, queue_id: [u8; QUEUE_ID_LEN]) {
+        let mut acked = lock(&self.acked);
+        if acked.len() >= ACKED_MEMORY {
+            acked.pop_front();
+        }
+        acked.push_back(queue_id);
+    }
+
+    pub(crate) fn was_acked(&self, queue_id: &[u8; QUEUE_ID_LEN]) -> bool {
+        lock(&self.acked).contains(queue_id)
+    }
+
     pub(crate) fn now_secs(&self) -> u64 {
         self.clock.now().0 / 1000
     }
