@@ -200,7 +200,7 @@ async fn a_relayed_connection_moves_to_the_second_gate_when_the_first_dies() {
         .unwrap()
         .unwrap();
     let first_gate = match conn.initial_path() {
-        keywire::Path::Relayed { gate } => gate,
+        keywire::Path::Relayed { gate, .. } => gate,
         other => panic!("expected a relayed start, got {other}"),
     };
     assert_eq!(first_gate.port(), first_addr.direct_addrs[0].port());
@@ -229,7 +229,7 @@ async fn a_relayed_connection_moves_to_the_second_gate_when_the_first_dies() {
         "moved {moved_after:?} after the kill (limit 5 s)"
     );
     match moved.expect("the connection's path") {
-        keywire::Path::Relayed { gate } => {
+        keywire::Path::Relayed { gate, .. } => {
             assert_eq!(
                 gate.port(),
                 second_addr.direct_addrs[0].port(),

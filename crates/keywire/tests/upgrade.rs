@@ -200,7 +200,8 @@ async fn when_the_direct_path_dies_the_relay_takes_over_within_3_s() {
     assert_eq!(
         path,
         Some(Path::Relayed {
-            gate: a.gate_addr()
+            gate: a.gate_addr(),
+            link: keywire::RelayLink::Udp,
         })
     );
     assert!(

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use keywire_proto::gate::message::{
     GateMessage, MessageError, RefusalCode, GATE_PROTOCOL_VERSION, MAX_MESSAGE_LEN,
 };
-use keywire_proto::gate::GATE_ALPN;
 use keywire_proto::{NodeAddr, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -53,6 +52,17 @@ pub enum GateError {
     /// The connection to the gate is gone.
     #[error("the connection to the gate closed")]
     Closed,
+    /// A stream link (TCP or WebSocket) to the gate could not be opened.
+    #[error("cannot open a TCP link to the gate: {0}")]
+    Link(#[from] crate::LinkError),
+    /// Neither UDP nor a stream link reached the gate.
+    #[error("cannot reach the gate over UDP ({udp}) nor over TCP ({tcp})")]
+    Unreachable {
+        /// What UDP gave.
+        udp: Box<ConnectError>,
+        /// What the stream link gave.
+        tcp: Box<GateError>,
+    },
     /// The endpoint already joined as many gates as it may.
     #[error("already joined {0} gates, the most an endpoint may")]
     TooManyGates(usize),
@@ -94,6 +104,8 @@ pub struct GateClient {
     alive: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// The stream link the connection runs over, when UDP to the gate got no answer.
+    link: Option<super::link_fallback::LinkTask>,
 }
 
 impl Drop for GateClient {
@@ -116,7 +128,7 @@ impl std::fmt::Debug for GateClient {
 impl GateClient {
     /// Connects to `gate` and registers.
     pub async fn register(endpoint: &Endpoint, gate: &NodeAddr) -> Result<Self, GateError> {
-        let conn = endpoint.connect(gate, GATE_ALPN).await?;
+        let (conn, link) = endpoint.connect_gate(gate).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|_| GateError::Closed)?;
         write_message(
             &mut send,
@@ -179,6 +191,7 @@ impl GateClient {
             observed,
             relay_bytes_per_second: rate,
             reader,
+            link,
         })
     }
 
@@ -211,6 +224,11 @@ impl GateClient {
     /// The gate's main address (where relay frames go).
     pub fn gate_addr(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// Whether this registration runs over a stream link (TCP or WebSocket) instead of UDP.
+    pub fn over_stream_link(&self) -> bool {
+        self.link.is_some()
     }
 
     /// Bytes per second this client may relay.

@@ -3,6 +3,7 @@
 
 pub(crate) mod congestion;
 mod control;
+pub(crate) mod links;
 pub(crate) mod paths;
 
 use std::fmt;
@@ -10,7 +11,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use keywire_proto::datagram::DatagramClass;
@@ -38,6 +39,11 @@ pub(crate) struct KeywireSocket {
     /// QUIC packets unwrapped from relay frames, waiting to be handed to quinn under their
     /// path's virtual address. Bounded; when full, frames are dropped and counted.
     relayed: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// Addresses reached over TCP or WebSocket instead of UDP.
+    pub(crate) links: Arc<links::Links>,
+    /// quinn's receive task, woken when a link delivers a packet for it (links are read on
+    /// their own tasks, not in `poll_recv`).
+    receiver: Mutex<Option<Waker>>,
     metrics: Arc<Metrics>,
 }
 
@@ -64,9 +70,11 @@ impl KeywireSocket {
         Ok(Self {
             inner,
             ipv6,
-            paths,
             control: ControlRouter::new(metrics.clone()),
             relayed: Mutex::default(),
+            links: Arc::new(links::Links::new(paths.clone(), metrics.clone())),
+            receiver: Mutex::default(),
+            paths,
             metrics,
         })
     }
@@ -113,6 +121,9 @@ impl KeywireSocket {
     ) -> io::Result<()> {
         /// A socket that stays unwritable this often is congested; control traffic yields.
         const CONTROL_SEND_TRIES: usize = 4;
+        if self.links.send(real, contents, segment).is_some() {
+            return Ok(());
+        }
         let transmit = Transmit {
             destination: self.socket_destination(real),
             ecn: None,
@@ -145,6 +156,14 @@ fn canonical_addr_keep_wildcard(addr: SocketAddr) -> SocketAddr {
     } else {
         canonical_addr(addr)
     }
+}
+
+/// The size of each datagram in `transmit` (all but the last; quinn's GSO batches).
+fn segment_of(transmit: &Transmit) -> usize {
+    transmit
+        .segment_size
+        .unwrap_or(transmit.contents.len())
+        .max(1)
 }
 
 /// Whether a QUIC datagram may open a new path: a long-header Initial packet (RFC 9000 §17.2.2:
@@ -185,6 +204,12 @@ impl AsyncUdpSocket for KeywireSocket {
                 return Ok(());
             }
         };
+        if let Some(()) = self
+            .links
+            .send(real, transmit.contents, segment_of(transmit))
+        {
+            return Ok(());
+        }
         let transmit = Transmit {
             destination: self.socket_destination(real),
             ecn: transmit.ecn,
@@ -202,13 +227,24 @@ impl AsyncUdpSocket for KeywireSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        // Relayed packets unwrapped during an earlier batch go first.
-        let waiting = self.drain_relayed(bufs, meta, 0);
-        if waiting > 0 {
-            return Poll::Ready(Ok(waiting));
-        }
         loop {
-            let received = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            // Relayed packets unwrapped during an earlier batch, or delivered by a link, first.
+            let waiting = self.drain_relayed(bufs, meta, 0);
+            if waiting > 0 {
+                return Poll::Ready(Ok(waiting));
+            }
+            let received = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    *self.receiver.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(cx.waker().clone());
+                    // A link may have delivered between the drain and the registration.
+                    if self.has_relayed() {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            };
             let kept = self.sort_batch(bufs, meta, received);
             let total = self.drain_relayed(bufs, meta, kept);
             if total > 0 {
@@ -330,6 +366,59 @@ impl KeywireSocket {
         }
     }
 
+    fn has_relayed(&self) -> bool {
+        !self
+            .relayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Handles a datagram a link delivered as if it had come from `from` over UDP: control
+    /// packets go to their protocol, QUIC to quinn (waking its receive task).
+    pub(crate) fn deliver_from_link(&self, from: SocketAddr, mut datagram: Vec<u8>) {
+        let now = Instant::now();
+        Metrics::inc(&self.metrics.link_datagrams_received);
+        let mut sink = control::Sink {
+            socket: self,
+            from,
+            now,
+        };
+        let len = datagram.len();
+        let len = gro::keep_quic(&mut datagram, len, 0, &mut sink);
+        if len > 0 {
+            datagram.truncate(len);
+            match self.paths.for_source(from, opens_path(&datagram), now) {
+                Ok(virtual_addr) => self.queue_for_quinn(virtual_addr, datagram),
+                Err(Refusal::NotInitial | Refusal::NotOurGate) => {
+                    Metrics::inc(&self.metrics.quic_from_unknown_source)
+                }
+                Err(Refusal::Full) => Metrics::inc(&self.metrics.path_table_full),
+            }
+        }
+        // A relay frame for one of our paths was queued by the sink, or a QUIC packet above.
+        if self.has_relayed() {
+            if let Some(waker) = self
+                .receiver
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Queues a packet for quinn under `virtual_addr`; dropped and counted when the inbox is full.
+    fn queue_for_quinn(&self, virtual_addr: SocketAddr, packet: Vec<u8>) {
+        let mut inbox = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        if inbox.len() < RELAYED_INBOX {
+            inbox.push_back((virtual_addr, packet));
+        } else {
+            Metrics::inc(&self.metrics.relayed_inbox_full);
+        }
+    }
+
     /// Moves waiting relayed packets into the free entries after `used`; returns the new count.
     fn drain_relayed(
         &self,
@@ -382,6 +471,9 @@ impl KeywireSocket {
                 payload,
             }
             .encode(&mut out);
+        }
+        if let Some(()) = self.links.send(gate, &out, segment + RELAY_HEADER_LEN) {
+            return Ok(());
         }
         let wrapped = Transmit {
             destination: self.socket_destination(gate),
