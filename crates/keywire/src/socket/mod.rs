@@ -597,6 +597,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_linked_address_gets_framed_datagrams_and_a_full_queue_drops() {
+        let (socket, metrics, _) = socket();
+        let gate: SocketAddr = "192.0.2.7:4433".parse().unwrap();
+        let (mut outgoing, registration) = socket.links.add(
+            gate,
+            "192.0.2.7:50000".parse().unwrap(),
+            links::Framing::Raw,
+        );
+        let virtual_addr = socket.paths.for_dial(gate, Instant::now()).unwrap();
+        // A GSO batch of two packets leaves as two frames, never over UDP.
+        let transmit = Transmit {
+            destination: virtual_addr,
+            ecn: None,
+            contents: &[0x42, 1, 2, 0x42, 3],
+            segment_size: Some(3),
+            src_ip: None,
+        };
+        socket.try_send(&transmit).unwrap();
+        assert_eq!(outgoing.try_recv().unwrap(), [0, 3, 0x42, 1, 2]);
+        assert_eq!(outgoing.try_recv().unwrap(), [0, 2, 0x42, 3]);
+        for _ in 0..links::LINK_QUEUE + 5 {
+            socket.try_send(&transmit).unwrap();
+        }
+        let m = metrics.snapshot();
+        assert_eq!(m.link_datagrams_sent, 2 + links::LINK_QUEUE as u64);
+        assert_eq!(
+            m.link_queue_full,
+            2 * (links::LINK_QUEUE as u64 + 5) - links::LINK_QUEUE as u64,
+            "a full queue drops instead of waiting"
+        );
+        assert_eq!(
+            socket.paths.path_of_route(paths::Route::Direct(gate)),
+            crate::Path::Direct(gate)
+        );
+        assert_eq!(
+            socket
+                .paths
+                .path_of_route(paths::Route::Relayed { gate, channel: 1 }),
+            crate::Path::Relayed {
+                gate,
+                link: crate::RelayLink::Tcp
+            }
+        );
+        // Once the link is gone the address is reached over UDP again.
+        drop(registration);
+        assert!(socket.links.send(gate, &[0x42], 1).is_none());
+        assert_eq!(
+            socket
+                .paths
+                .path_of_route(paths::Route::Relayed { gate, channel: 1 }),
+            crate::Path::Relayed {
+                gate,
+                link: crate::RelayLink::Udp
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn socket_capabilities_pass_through() {
         let (socket, _, _) = socket();
         assert_eq!(socket.may_fragment(), socket.inner.may_fragment());
