@@ -61,17 +61,22 @@ CUT_TABLE = "kwcut"
 class GateExpect:
     """start: required initial path (None: either); direct: must end direct (and have gone
     direct); fallback_limit_s: in "cut" mode, the limit for the path event back to relayed;
-    failover_limit_s: in "failover" mode, the limit for the path event naming the other gate."""
+    failover_limit_s: in "failover" mode, the limit for the path event naming the other gate;
+    listener_start: the listener's required initial path (None: either), e.g. "relayed (tcp)"
+    for a listener in a room that blocks UDP."""
     start: str = None
     direct: bool = True
     fallback_limit_s: float = 3.0
     mode: str = "transfer"
     failover_limit_s: float = 5.0
+    listener_start: str = None
 
     def describe(self):
         parts = ["bytes ok"]
         if self.start:
             parts.append(f"starts {self.start}")
+        if self.listener_start:
+            parts.append(f"listener {self.listener_start}")
         if self.mode == "cut":
             parts.append(f"direct, cut, relayed <= {self.fallback_limit_s:g} s")
         elif self.mode == "kill":
@@ -427,6 +432,11 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
                             f"{dialer.out_bytes}/{reply[1]} (or SHA-256 mismatch)")
         if exp.start and t.connected and t.start != exp.start:
             problems.append(f"started {t.start}, expected {exp.start}")
+        _, l_conn = listener.event("connected")
+        if exp.listener_start and l_conn and l_conn.get("path") != exp.listener_start:
+            problems.append(f"listener started {l_conn.get('path')}, expected {exp.listener_start}")
+        if exp.start and not exp.direct and t.final and t.final != exp.start:
+            problems.append(f"final path {t.final}, expected to stay {exp.start}")
         if mode == "transfer" and exp.direct:
             if not t.went_direct:
                 problems.append("never went direct (no direct connected/path event)")

@@ -121,6 +121,24 @@ def gate_failover(trials=2, delay_ms=20.0, payload_bytes=8 * MIB, rate=2 * MIB):
                     run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
 
 
+def gate_udp_blocked(trials=2, delay_ms=20.0, payload_bytes=20 * MIB):
+    """A peer in a room whose router drops all outbound UDP (TCP passes) and a peer behind a
+    port-restricted NAT, then a public one; each pair both ways round (who dials, who listens
+    with the gate). The blocked peer gets no UDP answer from the gate, falls back to TCP to the
+    gate's host and port after 2 s, and the connection is relayed between its TCP link and the
+    other peer's UDP: it starts and stays relayed ("relayed (tcp)" on the blocked side, no
+    direct path can exist), and the payload (20 MiB; CI: 4 MiB) arrives byte-identical."""
+    blocked = GateExpect(start="relayed (tcp)", direct=False, listener_start="relayed")
+    to_blocked = GateExpect(start="relayed", direct=False, listener_start="relayed (tcp)")
+    return Scenario("gate-udp-blocked", gate_udp_blocked.__doc__,
+                    [Pair("udp-blocked", "port-restricted", blocked),
+                     Pair("port-restricted", "udp-blocked", to_blocked),
+                     Pair("udp-blocked", "public", blocked),
+                     Pair("public", "udp-blocked", to_blocked)],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario)
+
+
 def nat_classify(trials=2, delay_ms=20.0):
     """For each router kind but udp-blocked: a gate on gate1 and a `listen --gate` behind the
     router; the listener's `nat` event must come within 10 s of `listening`, report the kind's
@@ -141,6 +159,7 @@ SCENARIOS = {
     "gate-path-cut": gate_path_cut,
     "gate-killed-while-direct": gate_killed_while_direct,
     "gate-failover": gate_failover,
+    "gate-udp-blocked": gate_udp_blocked,
     "nat-classify": nat_classify,
 }
 
@@ -151,6 +170,7 @@ def ci_scenarios():
             gate_both_nat(trials=1, payload_bytes=4 * MIB),
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
             gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1),
+            gate_udp_blocked(trials=1, payload_bytes=4 * MIB),
             nat_classify(trials=1)]
 
 
@@ -160,4 +180,4 @@ def bench_scenarios():
             + [lossy(trials=5), same_lan(trials=5)]
             + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
                gate_killed_while_direct(trials=5), gate_failover(trials=5),
-               nat_classify(trials=5)])
+               gate_udp_blocked(trials=5), nat_classify(trials=5)])

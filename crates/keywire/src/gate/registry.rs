@@ -228,11 +228,18 @@ impl Endpoint {
 }
 
 impl Endpoint {
-    /// What kind of NAT this node is behind, from its first live gate: the address the gate's
-    /// main port saw at registration, and the one its observation port sees now. `None` without
-    /// a joined gate.
+    /// What kind of NAT this node is behind, from its first live gate reached over UDP: the
+    /// address the gate's main port saw at registration, and the one its observation port sees
+    /// now. `None` without such a gate (a gate reached over TCP sees a TCP mapping, which says
+    /// nothing about UDP).
     pub async fn nat_report(&self) -> Option<NatReport> {
-        let client = self.gate_registry().live().first()?.client.clone();
+        let client = self
+            .gate_registry()
+            .live()
+            .iter()
+            .find(|j| !j.client.over_stream_link())?
+            .client
+            .clone();
         let second = self
             .upgrades_handle()
             .observe(client.observation_addr())
