@@ -13,7 +13,9 @@ from gates import GateExpect
 from runner import Expect, Pair
 
 MIB = 1 << 20
-UDP_BLOCKED_ERROR = "could not reach"  # until the TCP relay issue lands
+# A ticket without a gate: stream links (TCP) go only to gates, so a UDP-blocked peer cannot dial
+# it (gate-udp-blocked is the scenario with a gate).
+UDP_BLOCKED_ERROR = "could not reach"
 
 
 @dataclass

@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 /// addresses quinn sees (`fd6b:7769:7265:0::/64`), never a real host.
 const LINK_PREFIX: [u16; 4] = [0xfd6b, 0x7769, 0x7265, 0x0001];
 
+/// Whether `addr` is one a gate gave a link it accepted (see [`Links::accepted_addr`]).
+fn is_accepted_link(addr: &SocketAddr) -> bool {
+    matches!(addr.ip(), std::net::IpAddr::V6(v6) if v6.segments()[..4] == LINK_PREFIX)
+}
+
 /// Datagrams waiting to be written to one link: about 370 KB of full-size QUIC packets, enough
 /// to ride out a TCP window's worth of delay; beyond it datagrams are dropped, so QUIC's
 /// congestion control sees loss and slows down instead of queueing without end.
@@ -176,11 +181,18 @@ impl Links {
     /// Sends `contents` (datagrams of `segment` bytes, the last maybe shorter) over `addr`'s
     /// link; `None` if `addr` has no link (send over UDP). Never waits: a full queue drops.
     pub(crate) fn send(&self, addr: SocketAddr, contents: &[u8], segment: usize) -> Option<()> {
-        if !self.any.load(Ordering::Acquire) {
+        if !self.any.load(Ordering::Acquire) && !is_accepted_link(&addr) {
             return None;
         }
         let table = self.read();
-        let entry = table.get(&addr)?;
+        let Some(entry) = table.get(&addr) else {
+            // A gate's link that closed: its address means nothing to UDP.
+            if is_accepted_link(&addr) {
+                Metrics::inc(&self.metrics.send_no_path);
+                return Some(());
+            }
+            return None;
+        };
         for datagram in contents.chunks(segment.max(1)) {
             let mut framed = Vec::with_capacity(datagram.len() + 16);
             if datagram.len() > MAX_LINK_DATAGRAM || !entry.framing.encode(datagram, &mut framed) {

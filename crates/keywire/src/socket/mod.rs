@@ -640,6 +640,13 @@ mod tests {
                 link: crate::RelayLink::Tcp
             }
         );
+        // A gate's accepted link that closed drops what is sent to it; the address is no
+        // UDP destination.
+        let accepted = socket.links.accepted_addr();
+        let (_, closed) = socket.links.add(accepted, gate, links::Framing::Raw);
+        drop(closed);
+        assert_eq!(socket.links.send(accepted, &[0x42], 1), Some(()));
+        assert_eq!(metrics.snapshot().send_no_path, 1);
         // Once the link is gone the address is reached over UDP again.
         drop(registration);
         assert!(socket.links.send(gate, &[0x42], 1).is_none());
