@@ -10,6 +10,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV6};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -44,6 +45,8 @@ pub(crate) struct KeywireSocket {
     /// quinn's receive task, woken when a link delivers a packet for it (links are read on
     /// their own tasks, not in `poll_recv`).
     receiver: Mutex<Option<Waker>>,
+    /// Whether the next `poll_recv` serves the inbox before the UDP socket (they alternate).
+    inbox_first: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -74,6 +77,7 @@ impl KeywireSocket {
             relayed: Mutex::default(),
             links: Arc::new(links::Links::new(paths.clone(), metrics.clone())),
             receiver: Mutex::default(),
+            inbox_first: AtomicBool::new(true),
             paths,
             metrics,
         })
@@ -227,12 +231,18 @@ impl AsyncUdpSocket for KeywireSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // Packets waiting in the inbox (relayed ones unwrapped during an earlier batch, or
+        // delivered by a link) and the UDP socket take turns going first, so that a busy link
+        // cannot starve UDP, nor busy UDP the inbox (which also fills the batch's free entries).
+        let mut inbox_first = self.inbox_first.fetch_xor(true, Ordering::Relaxed);
         loop {
-            // Relayed packets unwrapped during an earlier batch, or delivered by a link, first.
-            let waiting = self.drain_relayed(bufs, meta, 0);
-            if waiting > 0 {
-                return Poll::Ready(Ok(waiting));
+            if inbox_first {
+                let waiting = self.drain_relayed(bufs, meta, 0);
+                if waiting > 0 {
+                    return Poll::Ready(Ok(waiting));
+                }
             }
+            inbox_first = true;
             let received = match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(result) => result?,
                 Poll::Pending => {
