@@ -383,6 +383,79 @@ async fn a_tcp_relayed_connection_moves_to_udp_once_udp_works() {
     assert_eq!(echoed, b"still the same connection");
 }
 
+#[tokio::test]
+async fn when_udp_starts_working_a_tcp_relayed_connection_finds_the_direct_path() {
+    // Bob and the gate speak only IPv6, Alice only IPv4: Alice reaches the gate through
+    // 127.0.0.3, where a TCP forwarder passes links and a UDP forwarder on the gate's
+    // observation port number drops everything at first; her one direct path to Bob is a
+    // forwarder Bob announces, also dropping at first. Opening both is UDP starting to work.
+    let gate_node = bind(config().bind_addr("[::1]:0".parse().unwrap()));
+    let _gate = Gate::spawn(&gate_node, GateConfig::default())
+        .await
+        .unwrap();
+    let gate_addr = gate_node.local_addr().unwrap();
+    let tcp = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let blocked_gate = tcp.local_addr().unwrap();
+    let _tcp_forwarder = tokio::spawn(async move {
+        while let Ok((mut client, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut gate = TcpStream::connect(gate_addr).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut gate).await;
+            });
+        }
+    });
+    let bob_path = Forwarder::start("127.0.0.1:0", "[::1]:0").await;
+    let bob = bind(
+        config()
+            .bind_addr("[::1]:0".parse().unwrap())
+            .announce(bob_path.front),
+    );
+    let b = GateClient::register(&bob, &addr_of(&gate_node))
+        .await
+        .unwrap();
+    bob.use_gate(&b);
+    spawn_echo(bob.clone());
+
+    let link = GateLinkConfig::default()
+        .mode(GateLinkMode::TcpOnly)
+        .udp_recheck(Duration::from_secs(1));
+    let alice = bind(config().gate_link(link));
+    let a = GateClient::register(&alice, &at(&gate_node, blocked_gate))
+        .await
+        .unwrap();
+    let observer = a.observation_addr();
+    assert_eq!(observer.ip(), blocked_gate.ip());
+    let udp_to_gate = Forwarder::start(&observer.to_string(), "[::1]:0").await;
+    let conn = within(
+        10,
+        "relayed connect",
+        alice.connect_via(bob.node_id(), ALPN, &a),
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.initial_path(), tcp_relayed(blocked_gate));
+    let mut events = conn.path_events();
+
+    // Long enough for Alice's probes to give up on the silent candidate, and for the UDP
+    // checks to fail.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(conn.path(), tcp_relayed(blocked_gate), "no UDP yet");
+    udp_to_gate
+        .target
+        .set(SocketAddr::new(gate_addr.ip(), observer.port()))
+        .unwrap();
+    bob_path.target.set(bob.local_addr().unwrap()).unwrap();
+    let opened = Instant::now();
+    let path = within(15, "the move to a direct path", events.next()).await;
+    assert_eq!(path, Some(Path::Direct(bob_path.front)));
+    eprintln!("direct {:?} after UDP started working", opened.elapsed());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"now over UDP").await.unwrap();
+    send.finish().unwrap();
+    let echoed = within(10, "echo", recv.read_to_end(64)).await.unwrap();
+    assert_eq!(echoed, b"now over UDP");
+}
+
 fn frame_payload(session: u64, channel: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     RelayFrame {

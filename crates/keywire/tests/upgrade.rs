@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -97,56 +96,6 @@ async fn a_relayed_connection_goes_direct_and_the_stream_never_notices() {
     assert!(m.probes_sent > 0 && m.probes_accepted > 0);
     assert_eq!(bob.metrics().path_upgrades, 1);
     println!("relayed start to direct in {to_direct:?}");
-}
-
-/// A UDP forwarder between one client and a target set once, that can be cut.
-struct Forwarder {
-    front: SocketAddr,
-    target: Arc<std::sync::OnceLock<SocketAddr>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Forwarder {
-    async fn start(front_bind: &str, back_bind: &str) -> Self {
-        let target = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
-        let target_for_task = target.clone();
-        let front = Arc::new(UdpSocket::bind(front_bind).await.unwrap());
-        let back = Arc::new(UdpSocket::bind(back_bind).await.unwrap());
-        let front_addr = front.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let client = Arc::new(tokio::sync::Mutex::new(None::<SocketAddr>));
-            let inbound = {
-                let (front, back, client) = (front.clone(), back.clone(), client.clone());
-                async move {
-                    let mut buf = vec![0u8; 65536];
-                    while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                        *client.lock().await = Some(from);
-                        if let Some(target) = target_for_task.get() {
-                            let _ = back.send_to(&buf[..n], *target).await;
-                        }
-                    }
-                }
-            };
-            let outbound = async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok((n, _)) = back.recv_from(&mut buf).await {
-                    if let Some(to) = *client.lock().await {
-                        let _ = front.send_to(&buf[..n], to).await;
-                    }
-                }
-            };
-            tokio::join!(inbound, outbound);
-        });
-        Self {
-            front: front_addr,
-            target,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test]

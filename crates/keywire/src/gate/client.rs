@@ -106,12 +106,17 @@ pub struct GateClient {
     heartbeat: tokio::task::JoinHandle<()>,
     /// The stream link the connection runs over, when UDP to the gate got no answer.
     link: Option<super::link_fallback::LinkTask>,
+    /// While on a link: checks whether UDP works now (see `watch_udp`).
+    udp_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for GateClient {
     fn drop(&mut self) {
         self.reader.abort();
         self.heartbeat.abort();
+        if let Some(watch) = &self.udp_watch {
+            watch.abort();
+        }
         self.conn.close(0u32.into(), b"leaving the gate");
     }
 }
@@ -179,8 +184,17 @@ impl GateClient {
             last_pong,
             alive.clone(),
         ));
+        let observation_addr = SocketAddr::new(conn.remote_address().ip(), port);
+        let udp_watch = link.as_ref().map(|_| {
+            tokio::spawn(watch_udp(
+                endpoint.upgrades_handle().clone(),
+                observation_addr,
+                endpoint.gate_link_config().udp_recheck,
+            ))
+        });
         Ok(Self {
-            observation_addr: SocketAddr::new(conn.remote_address().ip(), port),
+            observation_addr,
+            udp_watch,
             conn,
             send,
             alive,
@@ -269,6 +283,23 @@ impl GateClient {
     /// The next introduction another client asked for; `None` once the gate is gone.
     pub async fn next_introduction(&self) -> Option<Introduction> {
         self.introductions.lock().await.recv().await
+    }
+}
+
+/// While a gate is reached over TCP: every `every`, asks its observation port (over UDP) where
+/// it sees us; when an answer comes after none did, UDP works now, and relayed connections
+/// search for a direct UDP path again (their probes to silent candidates had stopped).
+async fn watch_udp(upgrades: Arc<crate::upgrade::Upgrades>, observer: SocketAddr, every: Duration) {
+    let mut worked = false;
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let works = upgrades.observe(observer).await.is_some();
+        if works && !worked {
+            upgrades.udp_works_again();
+        }
+        worked = works;
     }
 }
 

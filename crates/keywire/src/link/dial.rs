@@ -44,6 +44,11 @@ pub struct GateLinkConfig {
     pub http_proxy: Option<String>,
     /// How long opening a link (TCP, proxy and upgrade) may take. Default 10 s.
     pub open_timeout: Duration,
+    /// While a gate is reached over TCP, how often to check (one address observation on the
+    /// gate's second port, over UDP) whether UDP works now; when it starts to, relayed
+    /// connections search for a direct UDP path again. Default 10 s (three small datagrams
+    /// per check).
+    pub udp_recheck: Duration,
 }
 
 impl Default for GateLinkConfig {
@@ -54,6 +59,7 @@ impl Default for GateLinkConfig {
             websocket: false,
             http_proxy: None,
             open_timeout: Duration::from_secs(10),
+            udp_recheck: Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +74,12 @@ impl GateLinkConfig {
     /// Turns WebSocket framing on or off.
     pub fn websocket(mut self, on: bool) -> Self {
         self.websocket = on;
+        self
+    }
+
+    /// Sets how often UDP is checked again while a gate is reached over TCP.
+    pub fn udp_recheck(mut self, every: Duration) -> Self {
+        self.udp_recheck = every;
         self
     }
 
