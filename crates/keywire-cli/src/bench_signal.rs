@@ -37,22 +37,29 @@ pub struct BenchSignalArgs {
     /// Messages sent with 2 of 5 brokers dead.
     #[arg(long, default_value_t = 200)]
     dead_sends: usize,
+    /// Sequential sends per direction in the sidewire comparison (where sidewire is installed).
+    #[arg(long, default_value_t = 30)]
+    sidewire_sends: usize,
 }
 
 /// A mosquitto process on a free loopback port, killed on drop.
-struct LocalBroker {
-    port: u16,
+pub(crate) struct LocalBroker {
+    /// A spelling of loopback of its own: sidewire keys brokers by host string.
+    pub(crate) host: String,
+    pub(crate) port: u16,
     child: Option<Child>,
     config: PathBuf,
 }
 
 impl LocalBroker {
-    fn start(binary: &PathBuf) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    fn start(binary: &PathBuf, host: &str) -> anyhow::Result<Self> {
+        let port = TcpListener::bind((host, 0))?.local_addr()?.port();
         let config = std::env::temp_dir().join(format!("kw-bench-mosquitto-{port}.conf"));
         std::fs::write(
             &config,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"),
+            format!(
+                "listener {port} {host}\nallow_anonymous true\npersistence false\nlog_dest none\n"
+            ),
         )?;
         let child = Command::new(binary)
             .arg("-c")
@@ -63,12 +70,13 @@ impl LocalBroker {
             .spawn()
             .context("cannot start mosquitto")?;
         let broker = Self {
+            host: host.to_owned(),
             port,
             child: Some(child),
             config,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             if Instant::now() > deadline {
                 bail!("mosquitto on port {port} did not start");
             }
@@ -106,7 +114,13 @@ fn mosquitto_binary() -> anyhow::Result<PathBuf> {
         .context("`mosquitto` not found (apt-get install mosquitto): the bench runs real brokers")
 }
 
-fn emit(bench: &str, value: f64, unit: &str, baseline: Option<f64>, extra: serde_json::Value) {
+pub(crate) fn emit(
+    bench: &str,
+    value: f64,
+    unit: &str,
+    baseline: Option<f64>,
+    extra: serde_json::Value,
+) {
     let ratio = baseline.filter(|b| *b > 0.0).map(|b| value / b);
     let mut obj = json!({ "bench": bench, "value": round(value), "unit": unit,
         "baseline": baseline.map(round), "ratio": ratio.map(round) });
@@ -116,11 +130,11 @@ fn emit(bench: &str, value: f64, unit: &str, baseline: Option<f64>, extra: serde
     output::line(&obj.to_string());
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -152,13 +166,13 @@ fn node(seed: u8, pool: &PoolConfig) -> anyhow::Result<SignalNode> {
 
 /// A bare MQTT client subscribed to `topic` (the baseline's instrument).
 async fn raw_client(
-    port: u16,
+    broker: &LocalBroker,
     topic: &str,
 ) -> anyhow::Result<(AsyncClient, tokio::sync::mpsc::Receiver<()>)> {
     let mut options = MqttOptions::new(
         format!("bench-{:x}", rand::random::<u64>()),
-        "127.0.0.1",
-        port,
+        broker.host.clone(),
+        broker.port,
     );
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 4096);
@@ -189,8 +203,8 @@ async fn raw_client(
 }
 
 /// Median publish→receive loop time of a bare client through one broker, in ms.
-async fn mqtt_rtt_ms(port: u16, samples: usize) -> anyhow::Result<f64> {
-    let (client, mut rx) = raw_client(port, "bench/rtt").await?;
+async fn mqtt_rtt_ms(broker: &LocalBroker, samples: usize) -> anyhow::Result<f64> {
+    let (client, mut rx) = raw_client(broker, "bench/rtt").await?;
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -205,10 +219,10 @@ async fn mqtt_rtt_ms(port: u16, samples: usize) -> anyhow::Result<f64> {
 }
 
 /// Bare QoS 0 messages per second, publisher to subscriber through one broker.
-async fn mqtt_throughput(port: u16, n: usize) -> anyhow::Result<f64> {
+async fn mqtt_throughput(broker: &LocalBroker, n: usize) -> anyhow::Result<f64> {
     let topic = format!("bench/tp/{:x}", rand::random::<u64>());
-    let (_sub, mut rx) = raw_client(port, &topic).await?;
-    let (publisher, _) = raw_client(port, "bench/unused").await?;
+    let (_sub, mut rx) = raw_client(broker, &topic).await?;
+    let (publisher, _) = raw_client(broker, "bench/unused").await?;
     let t = Instant::now();
     let receive = async {
         for _ in 0..n {
@@ -276,13 +290,13 @@ async fn signal_throughput(
 
 pub async fn run(args: &BenchSignalArgs) -> anyhow::Result<()> {
     let binary = mosquitto_binary()?;
-    let mut brokers = (0..5)
-        .map(|_| LocalBroker::start(&binary))
+    let mut brokers = (1..=5)
+        .map(|i| LocalBroker::start(&binary, &format!("127.0.0.{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pool = brokers
         .iter()
-        .fold(PoolConfig::new(), |p, b| p.broker("127.0.0.1", b.port));
-    let rtt = mqtt_rtt_ms(brokers[0].port, 200).await?;
+        .fold(PoolConfig::new(), |p, b| p.broker(&b.host, b.port));
+    let rtt = mqtt_rtt_ms(&brokers[0], 200).await?;
     emit("signal.mqtt_rtt_ms.loopback", rtt, "ms", None, json!({}));
 
     // Cold: a fresh sender node (new key, no connections) to a subscribed receiver, from start
@@ -303,7 +317,7 @@ pub async fn run(args: &BenchSignalArgs) -> anyhow::Result<()> {
         colds.push(t.elapsed().as_secs_f64() * 1000.0);
         let _ = b.recv().await;
         let t = Instant::now();
-        mqtt_rtt_ms(brokers[1].port, 1).await?;
+        mqtt_rtt_ms(&brokers[1], 1).await?;
         raw_colds.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let first_in_process = colds.remove(0);
@@ -370,7 +384,7 @@ pub async fn run(args: &BenchSignalArgs) -> anyhow::Result<()> {
                 args.messages
             );
         }
-        let base = mqtt_throughput(brokers[2].port, args.messages).await?;
+        let base = mqtt_throughput(&brokers[2], args.messages).await?;
         ratios.push(rate / base);
         rates.push(rate);
         bases.push(base);
@@ -390,6 +404,13 @@ pub async fn run(args: &BenchSignalArgs) -> anyhow::Result<()> {
     );
     drop(a);
     drop(b);
+
+    // sidewire compatibility, on the same five brokers.
+    let list: Vec<String> = brokers
+        .iter()
+        .map(|b| format!("{}:{}", b.host, b.port))
+        .collect();
+    crate::bench_signal_sidewire::run(&list.join(","), &pool, args.sidewire_sends).await?;
 
     // Two of five brokers dead from the start; fresh nodes.
     brokers[0].kill();

@@ -4,12 +4,15 @@
 
 mod bench;
 mod bench_signal;
+mod bench_signal_sidewire;
 mod demo;
 mod dht;
 mod gate;
 mod node;
 mod output;
 mod pipe;
+mod sidewire;
+mod sidewire_peer;
 mod signal;
 
 use std::path::PathBuf;
@@ -55,7 +58,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print this node's id (its public key), creating the key if needed.
-    Id,
+    Id(node::IdArgs),
     /// Wait for one connection and pipe stdin/stdout over it, like netcat.
     ///
     /// Prints a ticket on stderr; stdout carries only the bytes received.
@@ -113,7 +116,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         gate_link: cli.gate_link.config(cli.websocket, cli.proxy.clone()),
     };
     match &cli.command {
-        Command::Id => node::print_id(&opts),
+        Command::Id(args) => node::print_id(&opts, args),
         Command::Listen(args) => pipe::listen(&opts, args).await,
         Command::Connect(args) => pipe::connect(&opts, args).await,
         Command::Demo(args) => demo::run(&opts, args).await,

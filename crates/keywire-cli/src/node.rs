@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::output;
 use anyhow::Context;
 use keywire::key_file;
+use keywire::signal::sidewire::SidewireSecretKey;
 use keywire::{
     Endpoint, EndpointConfig, GateLinkConfig, GateLinkMode, NetworkId, SecretKey, Ticket,
 };
@@ -60,6 +61,14 @@ impl NodeOptions {
         Ok((key, path))
     }
 
+    /// The sidewire compatibility key (secp256k1), created on first use next to the node's key
+    /// file (`secret.key` → `secret.sidewire.key`, mode 0600).
+    pub fn sidewire_key(&self) -> anyhow::Result<(SidewireSecretKey, PathBuf)> {
+        let path = key_file::sidewire_key_path(&self.key_path()?);
+        let key = key_file::load_or_create_key(&path)?;
+        Ok((key, path))
+    }
+
     pub fn network(&self) -> NetworkId {
         match &self.network {
             Some(name) => NetworkId::from_name(name),
@@ -92,7 +101,31 @@ impl NodeOptions {
     }
 }
 
-pub fn print_id(opts: &NodeOptions) -> anyhow::Result<()> {
+/// Another network's wire format to speak instead of keywire's own.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat {
+    /// sidewire 0.1.9 (MQTT signalling; peers addressed by a secp256k1 key in hex).
+    Sidewire,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IdArgs {
+    /// Print the identity used in a compatibility mode instead (created on first use).
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
+}
+
+pub fn print_id(opts: &NodeOptions, args: &IdArgs) -> anyhow::Result<()> {
+    if args.compat == Some(Compat::Sidewire) {
+        let (key, path) = opts.sidewire_key()?;
+        let id = key.public_key().to_string();
+        if opts.json {
+            output::line(&serde_json::json!({ "sidewire_key": id, "key_file": path }).to_string());
+        } else {
+            output::line(&id);
+        }
+        return Ok(());
+    }
     let (key, path) = opts.secret_key()?;
     if opts.json {
         output::line(

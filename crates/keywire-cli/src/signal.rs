@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use keywire::signal::{MessageType, PoolConfig, SignalConfig, SignalNode, SystemClock};
+use keywire::signal::{MessageType, PoolConfig, SendReport, SignalConfig, SignalNode, SystemClock};
 use keywire::NodeId;
 
-use crate::node::NodeOptions;
+use crate::node::{Compat, NodeOptions};
 use crate::output;
 
 #[derive(clap::Args, Debug)]
@@ -27,7 +27,7 @@ pub struct PoolArgs {
 }
 
 impl PoolArgs {
-    fn config(&self) -> anyhow::Result<PoolConfig> {
+    pub fn config(&self) -> anyhow::Result<PoolConfig> {
         let mut pool = PoolConfig::new();
         if let Some(list) = &self.brokers {
             pool = PoolConfig::from_list(list)?;
@@ -64,13 +64,17 @@ pub struct ListenArgs {
     /// Exit after this many messages (default: run until interrupted).
     #[arg(long)]
     count: Option<u64>,
+    /// Speak another network's format: `sidewire` listens as this node's sidewire key (see
+    /// `keywire id --compat sidewire`) on every broker of the pool.
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
     #[command(flatten)]
     pool: PoolArgs,
-    /// The destination's node id (kw1...).
+    /// The destination's node id (kw1...), or with `--compat sidewire` its 66-hex key.
     node_id: String,
     /// The message text.
     text: String,
@@ -80,10 +84,24 @@ pub struct SendArgs {
     /// Brokers the destination advertised, tried first (comma-separated host:port).
     #[arg(long, value_name = "LIST")]
     hint: Option<String>,
+    /// Speak another network's format: `sidewire` sends as this node's sidewire key, on every
+    /// broker of the pool (ASCII text only; the same text at most once per 130 s).
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
 }
 
 pub async fn run(opts: &NodeOptions, command: &SignalCommand) -> anyhow::Result<()> {
     match command {
+        SignalCommand::Listen(args) if args.compat == Some(Compat::Sidewire) => {
+            crate::sidewire::listen(opts, args.pool.config()?, args.count).await
+        }
+        SignalCommand::Send(args) if args.compat == Some(Compat::Sidewire) => {
+            let pool = args.pool.config()?;
+            if args.hint.is_some() {
+                bail!("--hint is not used with --compat sidewire: every broker of the pool is");
+            }
+            crate::sidewire::send(opts, pool, &args.node_id, &args.text, args.timeout).await
+        }
         SignalCommand::Listen(args) => listen(opts, args).await,
         SignalCommand::Send(args) => send(opts, args).await,
     }
@@ -157,22 +175,33 @@ async fn send(opts: &NodeOptions, args: &SendArgs) -> anyhow::Result<()> {
     // Our own subscription carries the acknowledgement back; give it a moment to be up.
     node.wait_subscribed(1, Duration::from_secs(5)).await;
     let report = node.send(dest, args.text.as_bytes()).await?;
+    print_send_report(opts, &report, args.timeout)
+}
+
+/// Prints how a send went; an error (exit code 1) if it was not acknowledged.
+pub fn print_send_report(
+    opts: &NodeOptions,
+    report: &SendReport,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let via = report.via.as_ref().map(|b| b.to_string());
+    let elapsed_ms = report.elapsed.as_secs_f64() * 1000.0;
     if opts.json {
         output::event(serde_json::json!({
             "event": "sent",
             "acked": report.acked,
-            "via": report.via.as_ref().map(|b| b.to_string()),
-            "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
+            "via": via,
+            "brokers": report.brokers_tried,
+            "elapsed_ms": elapsed_ms,
         }));
     } else if report.acked {
         eprintln!(
-            "acknowledged via {} in {:.1} ms",
-            report.via.map(|b| b.to_string()).unwrap_or_default(),
-            report.elapsed.as_secs_f64() * 1000.0
+            "acknowledged via {} in {elapsed_ms:.1} ms",
+            via.unwrap_or_default()
         );
     }
     if !report.acked {
-        bail!("not acknowledged within {} s", args.timeout);
+        bail!("not acknowledged within {timeout_secs} s");
     }
     Ok(())
 }

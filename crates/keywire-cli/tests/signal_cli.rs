@@ -66,6 +66,44 @@ fn keywire(dir: &Path, key: &str) -> Command {
     c
 }
 
+/// Starts `keywire --json signal listen --count 1 <extra>` and waits until it is listening;
+/// returns the process and the "listening" line.
+fn start_listener(dir: &Path, key: &str, brokers: &str, extra: &[&str]) -> (Guard, String) {
+    let mut listener = keywire(dir, key)
+        .args([
+            "--json",
+            "signal",
+            "listen",
+            "--count",
+            "1",
+            "--brokers",
+            brokers,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(listener.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("\"listening\""), "{line}");
+    (Guard(listener), line)
+}
+
+/// Asserts that `sent` succeeded, then returns the one message the listener printed.
+fn received_by(mut listener: Guard, sent: &std::process::Output) -> serde_json::Value {
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(listener.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(listener.0.wait().unwrap().success());
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 #[test]
 fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
     let dir = std::env::temp_dir().join(format!("kw-signal-cli-{}", std::process::id()));
@@ -75,28 +113,7 @@ fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
     let out = keywire(&dir, "b.key").arg("id").output().unwrap();
     let b_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
-    let mut listener = keywire(&dir, "b.key")
-        .args([
-            "--json",
-            "signal",
-            "listen",
-            "--count",
-            "1",
-            "--brokers",
-            &brokers,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for "listening" on stderr before sending.
-    let mut err = BufReader::new(listener.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("\"listening\""), "{line}");
-    let listener = Guard(listener);
-    drop(err);
-
+    let (listener, _) = start_listener(&dir, "b.key", &brokers, &[]);
     let sent = keywire(&dir, "a.key")
         .args([
             "signal",
@@ -108,17 +125,7 @@ fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
         ])
         .output()
         .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-
-    let mut listener = listener;
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(listener.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(listener.0.wait().unwrap().success());
-    let msg: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let msg = received_by(listener, &sent);
     assert_eq!(msg["payload"], "hello by key");
     assert_eq!(msg["kind"], "data");
 
@@ -138,5 +145,74 @@ fn listen_prints_json_and_send_exits_zero_only_when_acknowledged() {
         .unwrap();
     assert_eq!(unacked.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unacked.stderr).contains("not acknowledged"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compat_sidewire_id_listen_and_send() {
+    let dir = std::env::temp_dir().join(format!("kw-sidewire-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_broker, port) = start_broker(&dir);
+    let brokers = format!("127.0.0.1:{port}");
+    let id = |key: &str| {
+        let out = keywire(&dir, key)
+            .args(["id", "--compat", "sidewire"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let b_key = id("b.key");
+    assert_eq!(b_key.len(), 66, "{b_key}");
+    assert!(
+        b_key.starts_with("02") || b_key.starts_with("03"),
+        "{b_key}"
+    );
+    assert_eq!(id("b.key"), b_key, "created once, then the same key");
+    assert_ne!(id("a.key"), b_key, "each node key has its own sidewire key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.join("b.sidewire.key")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    let (listener, line) = start_listener(&dir, "b.key", &brokers, &["--compat", "sidewire"]);
+    assert!(line.contains(&b_key), "{line}");
+
+    let send = |text: &str| {
+        keywire(&dir, "a.key")
+            .args(["signal", "send", "--compat", "sidewire", "--timeout", "3"])
+            .args(["--brokers", &brokers, &b_key, text])
+            .output()
+            .unwrap()
+    };
+    let msg = received_by(listener, &send("hello sidewire"));
+    assert_eq!(msg["payload"], "hello sidewire");
+    assert_eq!(msg["from"].as_str().unwrap(), id("a.key"));
+
+    // Refused before anything is published: non-ASCII text, a key that is not 66 hex digits.
+    let bad = send("héllo");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ASCII"));
+    let bad_key = keywire(&dir, "a.key")
+        .args([
+            "signal",
+            "send",
+            "--compat",
+            "sidewire",
+            "--brokers",
+            &brokers,
+            "abcd",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_key.stderr).contains("66 hex digits"));
     let _ = std::fs::remove_dir_all(&dir);
 }

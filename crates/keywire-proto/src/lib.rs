@@ -16,6 +16,7 @@ pub mod link;
 pub mod nat;
 pub mod network_id;
 pub mod probe;
+pub mod sidewire;
 pub mod signal;
 pub mod ticket;
 pub mod wire;

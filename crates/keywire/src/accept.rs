@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keywire_proto::{NetworkId, Role};
+use keywire_proto::{NetworkId, NodeId, Role};
 use quinn::VarInt;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -23,6 +23,8 @@ use std::sync::Mutex;
 /// last `Endpoint` handle can stop the driver.
 pub(crate) struct AcceptDriver {
     pub(crate) quinn: quinn::Endpoint,
+    /// Our own node id (the acceptor token names it).
+    pub(crate) me: NodeId,
     pub(crate) network: NetworkId,
     pub(crate) router: Router,
     pub(crate) queue: mpsc::Sender<Connection>,
@@ -91,7 +93,27 @@ impl AcceptDriver {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         config.transport_config(Arc::new(self.transport.build(signal).ok()?));
-        let conn = incoming.accept_with(Arc::new(config)).ok()?.await.ok()?;
+        let connecting = incoming.accept_with(Arc::new(config)).ok()?;
+        // 0.5-RTT: our network token and candidates leave with the handshake flight, so the
+        // dialer can check them when its handshake completes, without another round trip.
+        // Nothing else is sent before the dialer is authenticated.
+        let (conn, handshake_done) = connecting.into_0rtt().ok()?;
+        let candidates = self.upgrades.local_candidates();
+        let announced =
+            match handshake::announce_acceptor(&conn, &self.network, &self.me, &candidates).await {
+                Ok(stream) => stream,
+                Err(_) => return None,
+            };
+        // Resolves when the handshake completes or fails; its value says whether *0-RTT* was
+        // accepted (never: it is off), not whether the handshake succeeded.
+        let _ = handshake_done.await;
+        if let Some(reason) = conn.close_reason() {
+            // A dialer that found our token wrong closes at once, maybe before its proof left.
+            if handshake::classify(&reason) == crate::AttemptFailure::NetworkMismatch {
+                Metrics::inc(&self.metrics.network_mismatch);
+            }
+            return None;
+        }
         let Some(peer) = handshake::peer_node_id(&conn) else {
             conn.close(
                 VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
@@ -100,14 +122,7 @@ impl AcceptDriver {
             return None;
         };
         let alpn = handshake::negotiated_alpn(&conn).unwrap_or_default();
-        match handshake::exchange_network_proofs(
-            &conn,
-            &self.network,
-            Role::Acceptor,
-            &self.upgrades.local_candidates(),
-            self.handshake_timeout,
-        )
-        .await
+        match handshake::check_dialer(&conn, &self.network, announced, self.handshake_timeout).await
         {
             Ok(candidates) => {
                 self.paths.bind(virtual_addr, peer);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use keywire_proto::NodeId;
 
+use crate::error::AttemptFailure;
 use crate::socket::paths::{PathLease, PathTable, Route};
 use crate::upgrade::UpgradeGuard;
 
@@ -212,6 +213,18 @@ impl Connection {
     /// The underlying quinn connection.
     pub fn quinn(&self) -> &quinn::Connection {
         &self.inner
+    }
+
+    /// Waits until the connection ends and says why, in the terms `connect` uses.
+    ///
+    /// `connect` returns after one round trip, as QUIC does, once the peer proved its key and
+    /// its network; the peer checks *our* key and network proof half a round trip later. So a
+    /// peer whose allow or deny list refuses us closes the connection just after `connect`
+    /// returned: streams then fail with a connection error, and this returns
+    /// [`AttemptFailure::Refused`] (or [`AttemptFailure::NetworkMismatch`] if the peer found
+    /// our network proof wrong). The peer's application never sees such a connection.
+    pub async fn close_cause(&self) -> AttemptFailure {
+        crate::handshake::classify(&self.inner.closed().await)
     }
 }
 

@@ -160,6 +160,7 @@ impl Endpoint {
         let (queue_tx, queue_rx) = mpsc::channel(config.accept_queue);
         let driver = AcceptDriver {
             quinn: quinn.clone(),
+            me: config.secret_key.node_id(),
             network: config.network,
             router: router.clone(),
             queue: queue_tx,
@@ -448,10 +449,10 @@ impl Endpoint {
         }
         let timeout = self.inner.connect_timeout;
         let upgrades = &self.inner.upgrades;
-        match handshake::exchange_network_proofs(
+        match handshake::check_acceptor(
             &conn,
             &self.inner.network,
-            Role::Dialer,
+            &expected,
             &upgrades.local_candidates(),
             timeout,
         )

@@ -5,9 +5,15 @@
 //!
 //! ```text
 //! +---------+------------------+-------+------------------------------+
-//! | version | proof (32 bytes) | count | count candidate addresses    |   version = 0x02
+//! | version | proof (32 bytes) | count | count candidate addresses    |   version = 0x03
 //! +---------+------------------+-------+------------------------------+
 //! ```
+//!
+//! The acceptor sends its frame in 0.5-RTT data, with its handshake flight; its proof is the
+//! acceptor token ([`NetworkId::acceptor_token`]), since its TLS exporter does not exist yet.
+//! The dialer sends its frame once its handshake completes, with the exporter-bound proof, and
+//! returns from `connect` as soon as the acceptor's token checks out: one round trip, as QUIC.
+//! The acceptor hands the connection out only after checking the dialer's proof.
 //!
 //! Candidates are the sender's direct addresses (bound, announced, and as its gates see it),
 //! at most [`MAX_CANDIDATES`], each in keywire's address encoding (`keywire_proto::wire`). A
@@ -29,7 +35,8 @@ use quinn::{ConnectionError, TransportErrorCode, VarInt};
 use crate::error::{close_code, AttemptFailure};
 use crate::tls;
 
-const PROOF_VERSION: u8 = 2;
+/// 3: the acceptor's frame carries its token (0.5-RTT) instead of an exporter proof.
+const PROOF_VERSION: u8 = 3;
 /// Most candidate addresses one side sends.
 pub(crate) const MAX_CANDIDATES: usize = 8;
 /// Longest proof frame: every candidate an IPv6 address (1 + 16 + 2 bytes).
@@ -70,18 +77,101 @@ pub(crate) fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .clone()
 }
 
-/// Sends our proof and candidates, checks the peer's proof and returns its candidates; closes
-/// the connection on any failure.
-pub(crate) async fn exchange_network_proofs(
+/// Acceptor, in 0.5-RTT data (before the handshake completes): opens the first unidirectional
+/// stream and sends the acceptor token and our candidates with the handshake flight.
+pub(crate) async fn announce_acceptor(
     conn: &quinn::Connection,
     network: &NetworkId,
-    role: Role,
+    me: &NodeId,
+    candidates: &[SocketAddr],
+) -> Result<quinn::SendStream, CheckError> {
+    write_frame(conn, &network.acceptor_token(me), candidates).await
+}
+
+/// Acceptor, once the handshake is complete: checks the dialer's proof and returns its
+/// candidates; closes the connection on any failure.
+pub(crate) async fn check_dialer(
+    conn: &quinn::Connection,
+    network: &NetworkId,
+    announced: quinn::SendStream,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, CheckError> {
+    let check = async {
+        let exported = exporter(conn)?;
+        let receive = async {
+            let (proof, candidates) = read_frame(conn).await?;
+            if network.verify(Role::Dialer, &exported, &proof) {
+                Ok(candidates)
+            } else {
+                Err(CheckError::NetworkMismatch)
+            }
+        };
+        // The dialer completes only on our token; an application that closes the connection
+        // the moment it gets it must not cut the token off in flight. The wait costs nothing:
+        // the dialer acknowledges the token with the flight that carries its own proof.
+        let delivered = async {
+            announced.stopped().await.map(|_| ()).map_err(|e| match e {
+                quinn::StoppedError::ConnectionLost(e) => CheckError::Connection(e),
+                _ => CheckError::Malformed("proof stream stopped"),
+            })
+        };
+        let (received, delivered) = tokio::join!(receive, delivered);
+        let candidates = received?;
+        delivered?;
+        Ok(candidates)
+    };
+    close_on_failure(conn, within(timeout, check).await)
+}
+
+/// Dialer, once the handshake is complete: sends our proof (without waiting for anything) and
+/// checks the acceptor's token, which came with the handshake; returns the acceptor's
+/// candidates. Closes the connection on any failure.
+pub(crate) async fn check_acceptor(
+    conn: &quinn::Connection,
+    network: &NetworkId,
+    acceptor: &NodeId,
     candidates: &[SocketAddr],
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, CheckError> {
-    let result = tokio::time::timeout(timeout, exchange(conn, network, role, candidates))
+    let check = async {
+        let exported = exporter(conn)?;
+        let proof = network.proof(Role::Dialer, &exported);
+        let send = write_frame(conn, &proof, candidates);
+        let receive = async {
+            let (token, candidates) = read_frame(conn).await?;
+            if network.verify_acceptor_token(acceptor, &token) {
+                Ok(candidates)
+            } else {
+                Err(CheckError::NetworkMismatch)
+            }
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        // The peer's token (or its close) says more than our send failing, so its error wins.
+        let candidates = received?;
+        sent?;
+        Ok(candidates)
+    };
+    close_on_failure(conn, within(timeout, check).await)
+}
+
+async fn within<T>(
+    timeout: Duration,
+    check: impl std::future::Future<Output = Result<T, CheckError>>,
+) -> Result<T, CheckError> {
+    let result = tokio::time::timeout(timeout, check)
         .await
         .unwrap_or(Err(CheckError::TimedOut));
+    // A mismatch seen by the peer first arrives here as its close frame.
+    result.map_err(|e| match e {
+        CheckError::Connection(c) if is_network_mismatch(&c) => CheckError::NetworkMismatch,
+        other => other,
+    })
+}
+
+fn close_on_failure<T>(
+    conn: &quinn::Connection,
+    result: Result<T, CheckError>,
+) -> Result<T, CheckError> {
     match &result {
         Ok(_) | Err(CheckError::Connection(_)) => {}
         Err(CheckError::NetworkMismatch) => conn.close(
@@ -100,76 +190,53 @@ pub(crate) async fn exchange_network_proofs(
     result
 }
 
-async fn exchange(
-    conn: &quinn::Connection,
-    network: &NetworkId,
-    role: Role,
-    candidates: &[SocketAddr],
-) -> Result<Vec<SocketAddr>, CheckError> {
+fn exporter(conn: &quinn::Connection) -> Result<[u8; EXPORTER_LEN], CheckError> {
     let mut exported = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exported, EXPORTER_LABEL, b"")
         .map_err(|_| CheckError::Malformed("no TLS exporter"))?;
-    let peer_role = match role {
-        Role::Dialer => Role::Acceptor,
-        Role::Acceptor => Role::Dialer,
-    };
-    let send = async {
-        let mut stream = conn.open_uni().await.map_err(CheckError::Connection)?;
-        let mut frame = Vec::with_capacity(MAX_PROOF_FRAME_LEN);
-        frame.push(PROOF_VERSION);
-        frame.extend_from_slice(&network.proof(role, &exported).0);
-        let candidates = &candidates[..candidates.len().min(MAX_CANDIDATES)];
-        frame.push(candidates.len() as u8);
-        for candidate in candidates {
-            put_addr(&mut frame, &canonical_addr(*candidate));
-        }
-        stream.write_all(&frame).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(e) => CheckError::Connection(e),
-            _ => CheckError::Malformed("peer stopped the proof stream"),
+    Ok(exported)
+}
+
+/// Opens our first unidirectional stream and sends the proof frame on it (then finishes it).
+async fn write_frame(
+    conn: &quinn::Connection,
+    proof: &NetworkProof,
+    candidates: &[SocketAddr],
+) -> Result<quinn::SendStream, CheckError> {
+    let mut stream = conn.open_uni().await.map_err(CheckError::Connection)?;
+    let mut frame = Vec::with_capacity(MAX_PROOF_FRAME_LEN);
+    frame.push(PROOF_VERSION);
+    frame.extend_from_slice(&proof.0);
+    let candidates = &candidates[..candidates.len().min(MAX_CANDIDATES)];
+    frame.push(candidates.len() as u8);
+    for candidate in candidates {
+        put_addr(&mut frame, &canonical_addr(*candidate));
+    }
+    stream.write_all(&frame).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(e) => CheckError::Connection(e),
+        _ => CheckError::Malformed("peer stopped the proof stream"),
+    })?;
+    // Finishing only fails if the stream was already reset, which we never do.
+    let _ = stream.finish();
+    Ok(stream)
+}
+
+/// Reads the peer's first unidirectional stream: its proof frame.
+async fn read_frame(
+    conn: &quinn::Connection,
+) -> Result<(NetworkProof, Vec<SocketAddr>), CheckError> {
+    let mut stream = conn.accept_uni().await.map_err(CheckError::Connection)?;
+    let frame = stream
+        .read_to_end(MAX_PROOF_FRAME_LEN)
+        .await
+        .map_err(|e| match e {
+            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e)) => {
+                CheckError::Connection(e)
+            }
+            quinn::ReadToEndError::TooLong => CheckError::Malformed("network proof too long"),
+            _ => CheckError::Malformed("network proof stream reset"),
         })?;
-        // Finishing only fails if the stream was already reset, which we never do.
-        let _ = stream.finish();
-        if role == Role::Acceptor {
-            // The dialer completes only on our proof; an application that closes the connection
-            // the moment it gets it must not cut the proof off in flight. The dialer's own proof
-            // needs no such wait: it is what makes us send ours.
-            stream.stopped().await.map_err(|e| match e {
-                quinn::StoppedError::ConnectionLost(e) => CheckError::Connection(e),
-                _ => CheckError::Malformed("proof stream stopped"),
-            })?;
-        }
-        Ok(())
-    };
-    let receive = async {
-        let mut stream = conn.accept_uni().await.map_err(CheckError::Connection)?;
-        let frame = stream
-            .read_to_end(MAX_PROOF_FRAME_LEN)
-            .await
-            .map_err(|e| match e {
-                quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e)) => {
-                    CheckError::Connection(e)
-                }
-                quinn::ReadToEndError::TooLong => CheckError::Malformed("network proof too long"),
-                _ => CheckError::Malformed("network proof stream reset"),
-            })?;
-        let (proof, candidates) = parse_proof_frame(&frame)?;
-        if network.verify(peer_role, &exported, &proof) {
-            Ok(candidates)
-        } else {
-            Err(CheckError::NetworkMismatch)
-        }
-    };
-    let (sent, received) = tokio::join!(send, receive);
-    // A mismatch seen by the peer first arrives here as its close frame.
-    // The peer's proof (or its close) says more than our send failing, so its error wins.
-    let outcome = match (sent, received) {
-        (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
-        (Ok(()), Ok(candidates)) => Ok(candidates),
-    };
-    outcome.map_err(|e| match e {
-        CheckError::Connection(c) if is_network_mismatch(&c) => CheckError::NetworkMismatch,
-        other => other,
-    })
+    parse_proof_frame(&frame)
 }
 
 /// Splits a proof frame into the proof and the sender's candidates (unusable ones left out).

@@ -1,6 +1,8 @@
 //! The secret key file: created once, atomically, private to its owner, never replaced.
 //!
-//! Format: one line, `keywire-secret-key-v1 <64 hex digits of the ed25519 seed>`.
+//! Format: one line, `keywire-secret-key-v1 <64 hex digits of the ed25519 seed>`. The sidewire
+//! compatibility key (secp256k1) is kept the same way in its own file:
+//! `keywire-sidewire-secp256k1-v1 <64 hex digits of the secret scalar>`.
 //!
 //! A file that is readable by group or others, owned by another user, or not in this format is
 //! refused with an error that says which — it is never overwritten, because replacing a key
@@ -10,11 +12,58 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use keywire_proto::sidewire::SidewireSecretKey;
 use keywire_proto::SecretKey;
 
 /// Environment variable naming the key file, overriding the default location.
 pub const KEY_ENV: &str = "KEYWIRE_KEY";
-const HEADER: &str = "keywire-secret-key-v1";
+/// A secret key kept in a key file: 32 secret bytes after a header naming the kind.
+pub trait StoredKey: Sized {
+    /// The first word of the file.
+    const HEADER: &'static str;
+    /// A fresh random key.
+    fn generate() -> Self;
+    /// The 32 secret bytes.
+    fn secret_bytes(&self) -> [u8; 32];
+    /// The key from its 32 secret bytes, if they are valid.
+    fn from_secret_bytes(bytes: [u8; 32]) -> Option<Self>;
+}
+
+impl StoredKey for SecretKey {
+    const HEADER: &'static str = "keywire-secret-key-v1";
+    fn generate() -> Self {
+        SecretKey::generate(&mut rand::rngs::OsRng)
+    }
+    fn secret_bytes(&self) -> [u8; 32] {
+        self.to_seed()
+    }
+    fn from_secret_bytes(bytes: [u8; 32]) -> Option<Self> {
+        Some(SecretKey::from_seed(bytes))
+    }
+}
+
+impl StoredKey for SidewireSecretKey {
+    const HEADER: &'static str = "keywire-sidewire-secp256k1-v1";
+    fn generate() -> Self {
+        SidewireSecretKey::generate(&mut rand::rngs::OsRng)
+    }
+    fn secret_bytes(&self) -> [u8; 32] {
+        self.to_bytes()
+    }
+    fn from_secret_bytes(bytes: [u8; 32]) -> Option<Self> {
+        SidewireSecretKey::from_bytes(&bytes).ok()
+    }
+}
+
+/// The sidewire key file that goes with a node key file: same directory, `<stem>.sidewire.key`
+/// (`secret.key` → `secret.sidewire.key`), so that each node key has its own.
+pub fn sidewire_key_path(node_key_path: &Path) -> PathBuf {
+    let stem = node_key_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("secret");
+    node_key_path.with_file_name(format!("{stem}.sidewire.key"))
+}
 
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +123,32 @@ pub fn default_key_path() -> Result<PathBuf, KeyFileError> {
 
 /// Loads the key at `path`, creating a new one if no file exists there.
 pub fn load_or_create(path: &Path) -> Result<SecretKey, KeyFileError> {
-    match load(path) {
+    load_or_create_key(path)
+}
+
+/// Loads the key at `path`, refusing files that are too open, foreign or malformed.
+pub fn load(path: &Path) -> Result<SecretKey, KeyFileError> {
+    load_key(path)
+}
+
+/// Creates a new key file at `path` atomically: the file appears complete or not at all, and an
+/// existing file (even one that appeared a moment ago) is never replaced.
+pub fn create(path: &Path) -> Result<SecretKey, KeyFileError> {
+    create_key(path)
+}
+
+/// [`load_or_create`] for any kind of stored key.
+pub fn load_or_create_key<K: StoredKey>(path: &Path) -> Result<K, KeyFileError> {
+    match load_key(path) {
         Err(KeyFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            create(path)
+            create_key(path)
         }
         other => other,
     }
 }
 
-/// Loads the key at `path`, refusing files that are too open, foreign or malformed.
-pub fn load(path: &Path) -> Result<SecretKey, KeyFileError> {
+/// [`load`] for any kind of stored key.
+pub fn load_key<K: StoredKey>(path: &Path) -> Result<K, KeyFileError> {
     let io_err = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
@@ -99,7 +164,7 @@ pub fn load(path: &Path) -> Result<SecretKey, KeyFileError> {
     let text = fs::read(path).map_err(io_err)?;
     parse(&text).ok_or_else(|| KeyFileError::Malformed {
         path: path.to_owned(),
-        reason: "expected one line: keywire-secret-key-v1 <64 hex digits>",
+        reason: "expected one line: the key kind's header, a space, 64 hex digits of a valid key",
     })
 }
 
@@ -129,10 +194,10 @@ fn check_private(_path: &Path, _meta: &fs::Metadata) -> Result<(), KeyFileError>
     Ok(())
 }
 
-fn parse(text: &[u8]) -> Option<SecretKey> {
+fn parse<K: StoredKey>(text: &[u8]) -> Option<K> {
     let text = std::str::from_utf8(text).ok()?;
     let line = text.strip_suffix('\n').unwrap_or(text);
-    let hex = line.strip_prefix(HEADER)?.strip_prefix(' ')?;
+    let hex = line.strip_prefix(K::HEADER)?.strip_prefix(' ')?;
     if hex.len() != 64 {
         return None;
     }
@@ -140,17 +205,20 @@ fn parse(text: &[u8]) -> Option<SecretKey> {
     for (i, byte) in seed.iter_mut().enumerate() {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(SecretKey::from_seed(seed))
+    K::from_secret_bytes(seed)
 }
 
-fn format(key: &SecretKey) -> String {
-    let hex: String = key.to_seed().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{HEADER} {hex}\n")
+fn format<K: StoredKey>(key: &K) -> String {
+    let hex: String = key
+        .secret_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{} {hex}\n", K::HEADER)
 }
 
-/// Creates a new key file at `path` atomically: the file appears complete or not at all, and an
-/// existing file (even one that appeared a moment ago) is never replaced.
-pub fn create(path: &Path) -> Result<SecretKey, KeyFileError> {
+/// [`create`] for any kind of stored key.
+pub fn create_key<K: StoredKey>(path: &Path) -> Result<K, KeyFileError> {
     let io_err = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
@@ -161,7 +229,7 @@ pub fn create(path: &Path) -> Result<SecretKey, KeyFileError> {
         .unwrap_or(Path::new("."));
     create_private_dir(dir).map_err(io_err)?;
 
-    let key = SecretKey::generate(&mut rand::rngs::OsRng);
+    let key = K::generate();
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -195,7 +263,7 @@ pub fn create(path: &Path) -> Result<SecretKey, KeyFileError> {
             }
             Ok(key)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_key(path),
         Err(e) => Err(io_err(e)),
     }
 }
@@ -326,13 +394,14 @@ mod tests {
         #[test]
         fn file_format_round_trip(seed in proptest::prelude::any::<[u8; 32]>()) {
             let key = SecretKey::from_seed(seed);
-            let parsed = parse(format(&key).as_bytes()).expect("own format parses");
+            let parsed = parse::<SecretKey>(format(&key).as_bytes()).expect("own format parses");
             proptest::prop_assert_eq!(parsed.to_seed(), seed);
         }
 
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
-            let _ = parse(&bytes);
+            let _ = parse::<SecretKey>(&bytes);
+            let _ = parse::<SidewireSecretKey>(&bytes);
         }
     }
 
@@ -341,7 +410,48 @@ mod tests {
         let key = SecretKey::from_seed([0xab; 32]);
         let text = format(&key);
         assert_eq!(text, format!("keywire-secret-key-v1 {}\n", "ab".repeat(32)));
-        assert_eq!(parse(text.as_bytes()).unwrap().node_id(), key.node_id());
-        assert!(parse(text.to_uppercase().as_bytes()).is_none());
+        assert_eq!(
+            parse::<SecretKey>(text.as_bytes()).unwrap().node_id(),
+            key.node_id()
+        );
+        assert!(parse::<SecretKey>(text.to_uppercase().as_bytes()).is_none());
+        // One kind's file is never read as the other's.
+        assert!(parse::<SidewireSecretKey>(text.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn sidewire_key_file_is_private_separate_and_stable() {
+        let dir = temp_dir("sidewire");
+        let node_path = dir.join("secret.key");
+        let path = sidewire_key_path(&node_path);
+        assert_eq!(path, dir.join("secret.sidewire.key"));
+        let first: SidewireSecretKey = load_or_create_key(&path).unwrap();
+        let second: SidewireSecretKey = load_or_create_key(&path).unwrap();
+        assert_eq!(first.public_key(), second.public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("keywire-sidewire-secp256k1-v1 "), "{text}");
+        // A zero scalar is no secp256k1 key: refused, the file left as it is.
+        let zero = dir.join("zero.key");
+        let zero_text = format!("keywire-sidewire-secp256k1-v1 {}\n", "00".repeat(32));
+        fs::write(&zero, &zero_text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&zero, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(matches!(
+            load_or_create_key::<SidewireSecretKey>(&zero),
+            Err(KeyFileError::Malformed { .. })
+        ));
+        assert_eq!(fs::read_to_string(&zero).unwrap(), zero_text);
+        fs::remove_dir_all(dir).unwrap();
     }
 }

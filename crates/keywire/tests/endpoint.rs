@@ -166,6 +166,9 @@ async fn session_resumption_never_skips_the_key_check() {
     spawn_echo(a.clone());
     // First connection: full handshake; A issues resumption tickets.
     let first = client.connect(&addr_of(&a), ALPN).await.unwrap();
+    // One echo: `connect` returns after one round trip, before A's tickets arrive; they come
+    // with A's first 1-RTT data after its handshake completes.
+    echo_once(&first).await;
     first.close(0u32.into(), b"");
     // Second connection to A: resumed, so the client's verifier is not consulted again.
     let verified_before = client.metrics().peer_keys_verified;
@@ -219,8 +222,7 @@ async fn denied_key_never_finishes_a_handshake() {
     let mut policy = PeerPolicy::default();
     policy.deny.insert(client.node_id());
     let server = bind(config().policy(policy));
-    let err = client.connect(&addr_of(&server), ALPN).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}");
+    expect_refused(client.connect(&addr_of(&server), ALPN).await).await;
     assert_eq!(server.metrics().handshakes_denied, 1);
     assert_eq!(server.metrics().incoming_accepted, 0);
 
@@ -249,8 +251,35 @@ async fn allow_list_admits_only_listed_keys() {
         .connect(&addr_of(&server), ALPN)
         .await
         .expect("listed key connects");
-    let err = stranger.connect(&addr_of(&server), ALPN).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}");
+    expect_refused(stranger.connect(&addr_of(&server), ALPN).await).await;
+    assert_eq!(
+        server.metrics().incoming_accepted,
+        1,
+        "only the friend was handed out"
+    );
+}
+
+/// A refused dialer learns of it half a round trip after its own handshake completed, so
+/// `connect` either fails with `Refused` or returns a connection that then closes as refused.
+async fn expect_refused(result: Result<keywire::Connection, ConnectError>) {
+    match result {
+        Err(err) => assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}"),
+        Ok(conn) => {
+            let cause = within(10, "the refusal", conn.close_cause()).await;
+            assert_eq!(cause, keywire::AttemptFailure::Refused);
+        }
+    }
+}
+
+/// Sends a few bytes on a new stream and checks they come back.
+async fn echo_once(conn: &keywire::Connection) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"once").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        within(10, "echo", recv.read_to_end(16)).await.unwrap(),
+        b"once"
+    );
 }
 
 #[tokio::test]

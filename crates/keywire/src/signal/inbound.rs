@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::signal::copies::CopyFilter;
-use crate::signal::link::{lock, Inbound, PublishSkip};
+use crate::signal::link::{lock, Inbound};
 use crate::signal::metrics::inc;
 use crate::signal::node::{Inner, Received};
 
@@ -144,19 +144,7 @@ fn send_ack(inner: &Inner, data: &Envelope, inbound: &Inbound) -> bool {
         return false;
     };
     let topic = SignalTopic::new(&inner.network, &data.source).mqtt_topic();
-    match link.publish(&topic, &sealed) {
-        Ok(()) => {
-            inc(&inner.counters.publishes);
-            true
-        }
-        Err(PublishSkip::RateLimited) => {
-            inc(&inner.counters.publishes_rate_limited);
-            false
-        }
-        Err(PublishSkip::QueueFull) => {
-            inc(&inner.counters.publishes_queue_full);
-            false
-        }
-        Err(PublishSkip::NotUp) => false,
-    }
+    inner
+        .publish_counters()
+        .count(link.publish(&topic, &sealed))
 }

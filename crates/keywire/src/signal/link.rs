@@ -56,6 +56,7 @@ pub(crate) struct Link {
     last_used: Mutex<Instant>,
     /// Carries this node's own subscription for the node's lifetime: exempt from the idle closer.
     pub(crate) pinned: AtomicBool,
+    qos: QoS,
     task: JoinHandle<()>,
 }
 
@@ -70,6 +71,9 @@ pub(crate) enum PublishSkip {
 /// What a connection task needs from its node.
 pub(crate) struct LinkContext {
     pub(crate) own_topic: String,
+    /// QoS of the subscription and of publishes: 0 for keywire's envelopes (the end-to-end ACK
+    /// is what counts), 1 in sidewire compatibility (what sidewire peers use).
+    pub(crate) qos: QoS,
     pub(crate) config: SignalConfig,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     pub(crate) health: Arc<HealthTable>,
@@ -96,13 +100,14 @@ impl Link {
         let rate = ctx.config.broker_rate;
         let bucket = TokenBucket::new(rate.rate, rate.burst, now.into_std());
         let task_client = client.clone();
+        let qos = ctx.qos;
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         // Clean session: the subscription must be renewed on every connection.
                         if task_client
-                            .try_subscribe(ctx.own_topic.clone(), QoS::AtMostOnce)
+                            .try_subscribe(ctx.own_topic.clone(), ctx.qos)
                             .is_err()
                         {
                             tracing::debug!(broker = %id, "subscribe request queue full");
@@ -147,6 +152,7 @@ impl Link {
             bucket: Mutex::new(bucket),
             last_used: Mutex::new(now),
             pinned: AtomicBool::new(false),
+            qos,
             task,
         })
     }
@@ -170,7 +176,7 @@ impl Link {
         }
     }
 
-    /// Publishes without waiting; QoS 0, because the end-to-end acknowledgement is what counts.
+    /// Publishes without waiting, at the connection's QoS.
     pub(crate) fn publish(&self, topic: &str, bytes: &[u8]) -> Result<(), PublishSkip> {
         if self.state() != LinkState::Up {
             return Err(PublishSkip::NotUp);
@@ -181,7 +187,7 @@ impl Link {
             return Err(PublishSkip::RateLimited);
         }
         self.client
-            .try_publish(topic, QoS::AtMostOnce, false, bytes.to_vec())
+            .try_publish(topic, self.qos, false, bytes.to_vec())
             .map_err(|_| PublishSkip::QueueFull)
     }
 
@@ -202,6 +208,42 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Waits for a token from `bucket` (a sender's rate cap).
+pub(crate) async fn take_token(bucket: &Mutex<TokenBucket>) {
+    loop {
+        let wait = {
+            let mut bucket = lock(bucket);
+            let now = Instant::now().into_std();
+            if bucket.try_take(now) {
+                return;
+            }
+            bucket.poll_timeout(now)
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// Counters a publish attempt bumps: one of three outcomes, or nothing if the link was not up.
+pub(crate) struct PublishCounters<'a> {
+    pub(crate) published: &'a std::sync::atomic::AtomicU64,
+    pub(crate) rate_limited: &'a std::sync::atomic::AtomicU64,
+    pub(crate) queue_full: &'a std::sync::atomic::AtomicU64,
+}
+
+impl PublishCounters<'_> {
+    /// Counts `result`; returns whether the publish was handed to the connection.
+    pub(crate) fn count(&self, result: Result<(), PublishSkip>) -> bool {
+        let counter = match result {
+            Ok(()) => self.published,
+            Err(PublishSkip::RateLimited) => self.rate_limited,
+            Err(PublishSkip::QueueFull) => self.queue_full,
+            Err(PublishSkip::NotUp) => return false,
+        };
+        inc(counter);
+        result.is_ok()
     }
 }
 

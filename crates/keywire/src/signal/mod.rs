@@ -14,6 +14,7 @@ mod link;
 mod metrics;
 mod node;
 mod pool;
+pub mod sidewire;
 
 pub use clock::{OffsetClock, SystemClock, WallClock};
 pub use config::{PoolConfig, RateCap, SignalConfig};

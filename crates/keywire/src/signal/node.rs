@@ -15,7 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::signal::health::HealthTable;
-use crate::signal::link::{lock, LinkContext, LinkState};
+use crate::signal::link::{lock, take_token, LinkContext, LinkState, PublishCounters};
 use crate::signal::metrics::{inc, Counters};
 use crate::signal::pool::BrokerPool;
 use crate::signal::{PoolConfig, SignalConfig, SignalError, SignalMetrics, WallClock};
@@ -99,6 +99,7 @@ impl SignalNode {
         let (deliver_tx, deliver_rx) = mpsc::channel(config.receive_queue.max(1));
         let ctx = Arc::new(LinkContext {
             own_topic: own.mqtt_topic(),
+            qos: rumqttc::QoS::AtMostOnce,
             config: config.clone(),
             inbound: inbound_tx,
             health: Arc::new(HealthTable::new(config.backoff)),
@@ -209,7 +210,7 @@ impl SignalNode {
             return Err(SignalError::PayloadTooLarge(payload.len()));
         }
         let started = Instant::now();
-        inner.wait_for_send_token().await;
+        take_token(&inner.sender_bucket).await;
         let sequence = inner.next_sequence.fetch_add(1, Ordering::Relaxed);
         let envelope = Envelope {
             kind,
@@ -298,17 +299,11 @@ impl Drop for SignalNode {
 }
 
 impl Inner {
-    async fn wait_for_send_token(&self) {
-        loop {
-            let wait = {
-                let mut bucket = lock(&self.sender_bucket);
-                let now = Instant::now().into_std();
-                if bucket.try_take(now) {
-                    return;
-                }
-                bucket.poll_timeout(now)
-            };
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+    pub(crate) fn publish_counters(&self) -> PublishCounters<'_> {
+        PublishCounters {
+            published: &self.counters.publishes,
+            rate_limited: &self.counters.publishes_rate_limited,
+            queue_full: &self.counters.publishes_queue_full,
         }
     }
 
@@ -342,21 +337,14 @@ async fn publish_until_cancelled(
         if !link.wait_up().await {
             return;
         }
-        match link.publish(&topic, &sealed) {
-            Ok(()) => inc(&inner.counters.publishes),
-            Err(crate::signal::link::PublishSkip::RateLimited) => {
-                inc(&inner.counters.publishes_rate_limited)
+        let result = link.publish(&topic, &sealed);
+        if result == Err(crate::signal::link::PublishSkip::NotUp) {
+            if link.state() == LinkState::Down {
+                return;
             }
-            Err(crate::signal::link::PublishSkip::QueueFull) => {
-                inc(&inner.counters.publishes_queue_full)
-            }
-            Err(crate::signal::link::PublishSkip::NotUp) => {
-                if link.state() == LinkState::Down {
-                    return;
-                }
-                continue;
-            }
+            continue;
         }
+        inner.publish_counters().count(result);
         tokio::time::sleep(inner.config.republish_interval).await;
     }
 }

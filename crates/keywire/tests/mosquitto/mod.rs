@@ -69,7 +69,8 @@ impl Broker {
         Self::start_at("127.0.0.1", port)
     }
 
-    fn start_at(host: &'static str, port: u16) -> Self {
+    /// Starts a broker listening on `host:port` (any spelling of a loopback address).
+    pub fn start_at(host: &'static str, port: u16) -> Self {
         let config =
             std::env::temp_dir().join(format!("kw-mosquitto-{port}-{}.conf", std::process::id()));
         std::fs::write(
