@@ -95,11 +95,19 @@ impl GateLinkConfig {
         let value = std::env::var("HTTPS_PROXY")
             .or_else(|_| std::env::var("https_proxy"))
             .ok()?;
-        let rest = value.strip_prefix("http://").unwrap_or(&value);
-        let authority = rest.trim_end_matches('/');
-        (!authority.is_empty() && !authority.contains('/') && !authority.contains('@'))
-            .then(|| authority.to_string())
+        proxy_authority(&value)
     }
+}
+
+/// The `host:port` of a proxy URL as `HTTPS_PROXY` holds it (`http://host:port/` or
+/// `host:port`); `None` for anything else (other schemes, credentials, paths, no port): a
+/// proxy keywire would misuse is worse than none.
+fn proxy_authority(value: &str) -> Option<String> {
+    let rest = value.strip_prefix("http://").unwrap_or(value);
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let port = authority.rsplit_once(':')?.1;
+    let plain = !authority.contains(['/', '@']) && port.parse::<u16>().is_ok();
+    plain.then(|| authority.to_string())
 }
 
 /// Why a stream link could not be opened.
@@ -162,5 +170,29 @@ async fn dial_inner(
     } else {
         stream.write_all(&framing::PREAMBLE).await?;
         Ok((stream, Framing::Raw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxy_authority;
+
+    #[test]
+    fn proxy_urls() {
+        let ok = |v: &str| proxy_authority(v).unwrap();
+        assert_eq!(ok("http://proxy.example:3128"), "proxy.example:3128");
+        assert_eq!(ok("http://proxy.example:3128/"), "proxy.example:3128");
+        assert_eq!(ok("10.0.0.1:8080"), "10.0.0.1:8080");
+        assert_eq!(ok("http://[2001:db8::1]:3128"), "[2001:db8::1]:3128");
+        for refused in [
+            "",
+            "https://proxy.example:3128",
+            "socks5://proxy.example:1080",
+            "http://user:secret@proxy.example:3128",
+            "http://proxy.example",
+            "http://proxy.example:3128/path",
+        ] {
+            assert_eq!(proxy_authority(refused), None, "{refused:?}");
+        }
     }
 }
