@@ -178,6 +178,60 @@ async fn two_tcp_clients_reach_each_other_over_websocket() {
     );
 }
 
+#[tokio::test]
+async fn the_gate_closes_what_is_not_a_link_and_bounds_links_per_address() {
+    let endpoint = bind(config());
+    let mut gate_config = GateConfig::default();
+    gate_config.max_links_per_ip = 2;
+    let gate = Gate::spawn(&endpoint, gate_config).await.unwrap();
+    let tcp_addr = gate.link_addrs()[0];
+    assert_eq!(
+        tcp_addr,
+        endpoint.local_addr().unwrap(),
+        "the UDP port's number"
+    );
+    let answer = |mut stream: TcpStream| async move {
+        let mut reply = Vec::new();
+        within(15, "the gate closing", stream.read_to_end(&mut reply))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&reply).to_string()
+    };
+    // Neither the preamble nor HTTP (here a TLS ClientHello's first bytes): closed, silently.
+    let mut tls = TcpStream::connect(tcp_addr).await.unwrap();
+    tls.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
+        .await
+        .unwrap();
+    assert_eq!(answer(tls).await, "");
+    // HTTP that is no WebSocket upgrade: 400.
+    let mut plain = TcpStream::connect(tcp_addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: gate\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(answer(plain).await.starts_with("HTTP/1.1 400 "));
+    // Two links from one address are held; the third is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut link = TcpStream::connect(tcp_addr).await.unwrap();
+        link.write_all(&keywire::proto::link::framing::PREAMBLE)
+            .await
+            .unwrap();
+        held.push(link);
+    }
+    within(5, "two links accepted", async {
+        while gate.metrics().links_accepted < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let third = TcpStream::connect(tcp_addr).await.unwrap();
+    assert_eq!(answer(third).await, "");
+    let m = gate.metrics();
+    assert_eq!((m.links_accepted, m.links_refused), (2, 3), "{m:?}");
+    drop(held);
+}
+
 /// A UDP socket that swallows everything, with a TCP forwarder on the same port number to
 /// the gate's TCP port: a network where UDP to the gate gets no answer and TCP works.
 struct UdpBlackhole {

@@ -44,6 +44,9 @@ pub struct GateConfig {
     pub extra_link_addrs: Vec<SocketAddr>,
     /// Most stream links open at once; more are closed at once and counted.
     pub max_links: usize,
+    /// Most stream links open at once from one IP address, so one host cannot hold every slot.
+    /// Generous: a hotel or office NAT hides many clients behind one address.
+    pub max_links_per_ip: usize,
 }
 
 impl Default for GateConfig {
@@ -59,6 +62,7 @@ impl Default for GateConfig {
             stream_links: true,
             extra_link_addrs: Vec::new(),
             max_links: 1024,
+            max_links_per_ip: 128,
         }
     }
 }
@@ -96,8 +100,8 @@ crate::metrics::counter_set! {
     observations,
     /// Stream links (TCP or WebSocket) accepted.
     links_accepted,
-    /// Stream links refused: over `max_links`, or not a link (wrong preamble, bad upgrade,
-    /// too slow to start).
+    /// Stream links refused: over `max_links` or `max_links_per_ip`, or not a link (wrong
+    /// preamble, bad upgrade, too slow to start).
     links_refused,
 }
 
