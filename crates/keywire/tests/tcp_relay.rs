@@ -306,6 +306,7 @@ struct ConnectProxy {
     addr: SocketAddr,
     asked: Arc<Mutex<Vec<String>>>,
     paused: Arc<AtomicBool>,
+    tunnels: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -315,17 +316,28 @@ impl ConnectProxy {
         let addr = listener.local_addr().unwrap();
         let asked = Arc::new(Mutex::new(Vec::new()));
         let paused = Arc::new(AtomicBool::new(false));
-        let (log, pause) = (asked.clone(), paused.clone());
+        let tunnels = Arc::new(Mutex::new(Vec::new()));
+        let (log, pause, open) = (asked.clone(), paused.clone(), tunnels.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(tunnel(client, log.clone(), pause.clone()));
+                let tunnel = tokio::spawn(tunnel(client, log.clone(), pause.clone()));
+                open.lock().unwrap().push(tunnel);
             }
         });
         Self {
             addr,
             asked,
             paused,
+            tunnels,
             _task: task,
+        }
+    }
+
+    /// Drops every tunnel open now (both TCP connections close), as a proxy ending long
+    /// tunnels does.
+    fn cut(&self) {
+        for tunnel in self.tunnels.lock().unwrap().drain(..) {
+            tunnel.abort();
         }
     }
 }
@@ -400,6 +412,77 @@ async fn websocket_through_an_http_connect_proxy() {
     );
     let (mine, _, _) = relayed_transfer(&behind_proxy, &b, &peer, 4 << 20).await;
     assert_eq!(mine, tcp_relayed(gate_addr));
+}
+
+#[tokio::test]
+async fn when_the_link_breaks_the_client_opens_a_new_one_and_the_stream_carries_on() {
+    let (gate_node, gate) = fast_gate().await;
+    let gate_addr = gate_node.local_addr().unwrap();
+    let proxy = ConnectProxy::start().await;
+    let tcp = bind(tcp_only(
+        GateLinkConfig::default().http_proxy(proxy.addr.to_string()),
+    ));
+    let udp = bind(relay_only());
+    // Joined (not just registered), as `listen --gate` and tickets do: the endpoint then knows
+    // the gate to join again.
+    let t = tcp.join_gate(&addr_of(&gate_node)).await.unwrap();
+    let u = udp.join_gate(&addr_of(&gate_node)).await.unwrap();
+    assert!(t.over_stream_link());
+    let receiver = tokio::spawn({
+        let udp = udp.clone();
+        async move { read_hashed(&udp.accept().await.unwrap()).await }
+    });
+    let conn = within(
+        10,
+        "relayed connect",
+        tcp.connect_via(udp.node_id(), ALPN, &t),
+    )
+    .await
+    .unwrap();
+    let mut events = conn.path_events();
+    // 4 MiB in 64 KiB pieces over about 1.3 s; the proxy drops the tunnel 300 ms in.
+    let block: Vec<u8> = (0..(64 << 10)).map(|i| (i % 239) as u8).collect();
+    let mut send = conn.open_uni().await.unwrap();
+    let mut expected = blake3::Hasher::new();
+    let started = Instant::now();
+    let mut cut_at = None;
+    for i in 0..64 {
+        expected.update(&block);
+        within(30, "a write", send.write_all(&block)).await.unwrap();
+        if i == 15 {
+            proxy.cut();
+            cut_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send.finish().unwrap();
+    let (total, digest) = within(60, "the transfer after the cut", receiver)
+        .await
+        .unwrap();
+    assert_eq!(
+        (total, digest),
+        (4 << 20, expected.finalize()),
+        "bytes intact"
+    );
+    let moved = within(5, "a path event", events.next()).await;
+    assert_eq!(
+        moved,
+        Some(tcp_relayed(gate_addr)),
+        "the same gate, a new link"
+    );
+    eprintln!(
+        "link cut {:?} in; transfer done {:?} after the cut",
+        cut_at.unwrap() - started,
+        cut_at.unwrap().elapsed()
+    );
+    let m = gate.metrics();
+    assert!(m.links_accepted >= 2, "a second link: {m:?}");
+    assert_eq!(
+        proxy.asked.lock().unwrap().len(),
+        2,
+        "opened again through the proxy"
+    );
+    drop(u);
 }
 
 #[tokio::test]
