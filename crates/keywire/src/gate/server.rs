@@ -202,7 +202,15 @@ impl Gate {
             let mut addrs = vec![main];
             addrs.extend(state.config.extra_link_addrs.iter().copied());
             for addr in addrs {
-                let listener = tokio::net::TcpListener::bind(addr).await?;
+                // Failing loudly beats a gate that silently serves no one behind a UDP block.
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot accept TCP links on {addr} (GateConfig::stream_links): {e}"
+                        ),
+                    )
+                })?;
                 link_addrs.push(listener.local_addr()?);
                 let socket = endpoint.socket_handle().clone();
                 tasks.push(tokio::spawn(stream_listener::listen(
