@@ -18,6 +18,11 @@ Modes (Scenario.params["mode"]):
               namespace (the gate stays reachable); a `path` event back to "relayed" must come
               within `fallback_limit_s` of the cut; the transfer must still complete;
 - "kill":     once direct, SIGKILL the gate; the transfer must still complete;
+- "unblock":  one peer sits in a udp-blocked room (it reaches the gate over TCP); 1 s after
+              `connected` its router's UDP drop goes (the ruleset becomes port-restricted's, the
+              same masquerade without the drop): a `path` event to direct must come within
+              `unblock_limit_s`, the transfer must still complete; the drop comes back after
+              the trial;
 - "failover": two gates (gate1, gate2), both in the listener's ticket, peers whose NATs allow no
               direct path (the connection must start relayed and never go direct); 1 s after
               `connected`, SIGKILL the gate the connection uses (`connected.gate`): a `path`
@@ -61,19 +66,27 @@ CUT_TABLE = "kwcut"
 class GateExpect:
     """start: required initial path (None: either); direct: must end direct (and have gone
     direct); fallback_limit_s: in "cut" mode, the limit for the path event back to relayed;
-    failover_limit_s: in "failover" mode, the limit for the path event naming the other gate."""
+    failover_limit_s: in "failover" mode, the limit for the path event naming the other gate;
+    listener_start: the listener's required initial path (None: either), e.g. "relayed (tcp)"
+    for a listener in a room that blocks UDP."""
     start: str = None
     direct: bool = True
     fallback_limit_s: float = 3.0
     mode: str = "transfer"
     failover_limit_s: float = 5.0
+    listener_start: str = None
+    unblock_limit_s: float = 15.0
 
     def describe(self):
         parts = ["bytes ok"]
         if self.start:
             parts.append(f"starts {self.start}")
+        if self.listener_start:
+            parts.append(f"listener {self.listener_start}")
         if self.mode == "cut":
             parts.append(f"direct, cut, relayed <= {self.fallback_limit_s:g} s")
+        elif self.mode == "unblock":
+            parts.append(f"UDP unblocked, direct <= {self.unblock_limit_s:g} s")
         elif self.mode == "kill":
             parts.append("direct, gate killed")
         elif self.mode == "failover":
@@ -218,6 +231,15 @@ def cut_direct(lab, a, b):
 }}""")
 
 
+def set_udp_blocked(lab, room, blocked):
+    """Gives the routers of `room` (a udp-blocked room) their own ruleset (blocked) or
+    port-restricted's, the same masquerade without the UDP drop (unblocked)."""
+    kind = "udp-blocked" if blocked else "port-restricted"
+    for r in room.routers:
+        nft(r.ns, "flush ruleset\n" + routers.ruleset(
+            kind, r.wan_v4, str(r.lan_v4) if r.lan_v4 else None, lab.udp_timeout_s))
+
+
 def uncut(lab):
     ns_run(lab.inet, ["nft", "delete", "table", "inet", CUT_TABLE], check=False)
 
@@ -243,6 +265,7 @@ class GateTrial:
     changes: int = None
     fallback_ms: float = None
     listener_fallback_ms: float = None
+    unblock_ms: float = None
     failover_ms: float = None
     listener_failover_ms: float = None
     killed_gate: str = ""
@@ -293,6 +316,7 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
     gate_procs = []
     gevs = []
     cut = False
+    unblocked = None  # the room whose UDP drop was lifted
     problems = []
     try:
         for i, g_host in enumerate(g_hosts):
@@ -347,6 +371,23 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
                     lambda tr, e: tr >= t_act and e.get("event") == "path"
                     and e.get("path") == "relayed" and same_addr(e.get("gate"), t.new_gate),
                     max(10.0, 3 * exp.failover_limit_s))
+        if mode == "unblock":
+            hit = dialer.wait_match(lambda tr, e: e.get("event") == "connected", 30)
+            if hit is None:
+                problems.append("not connected within 30 s, so no unblock")
+            else:
+                time.sleep(sc.params.get("act_after_s", 1.0))  # let data flow over TCP
+                if dialer.proc.poll() is not None:
+                    problems.append("the transfer ended before the unblock: payload too small")
+                unblocked = d_room if pair.dialer == "udp-blocked" else l_room
+                t_act = time.monotonic()
+                if any(_is_direct(tr, e) for tr, e in dialer.events if tr < t_act):
+                    problems.append("direct before the unblock: UDP was not blocked")
+                set_udp_blocked(lab, unblocked, False)
+                log(f"UDP unblocked in {unblocked.kind} at "
+                    f"{(t_act - dialer.t_spawn) * 1000:.0f} ms after the dialer's spawn")
+                dialer.wait_match(lambda tr, e: tr >= t_act and _is_direct(tr, e),
+                                  2 * exp.unblock_limit_s)
         if mode in ("cut", "kill"):
             hit = dialer.wait_match(_is_direct, 30)
             if hit is None:
@@ -402,6 +443,12 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
                        and e.get("path") == "relayed" and tr >= t_act]
             if l_backs:
                 t.listener_fallback_ms = (l_backs[0] - t_act) * 1000.0  # receive time: an upper bound
+        if mode == "unblock" and t_act is not None and start is not None:
+            unblock_ms = (t_act - start) * 1000.0  # the unblock on the dialer's clock
+            directs = [e["ms"] for tr, e in dialer.events if e.get("event") == "path"
+                       and e.get("path") == "direct" and e.get("ms", -1) >= unblock_ms]
+            if directs:
+                t.unblock_ms = directs[0] - unblock_ms
         if mode == "failover" and t_act is not None and start is not None:
             kill_ms = (t_act - start) * 1000.0  # the kill on the dialer's clock
             moves = [e["ms"] for tr, e in dialer.events if e.get("event") == "path"
@@ -427,9 +474,22 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
                             f"{dialer.out_bytes}/{reply[1]} (or SHA-256 mismatch)")
         if exp.start and t.connected and t.start != exp.start:
             problems.append(f"started {t.start}, expected {exp.start}")
+        _, l_conn = listener.event("connected")
+        if exp.listener_start and l_conn and l_conn.get("path") != exp.listener_start:
+            problems.append(f"listener started {l_conn.get('path')}, expected {exp.listener_start}")
+        if exp.start and not exp.direct and t.final and t.final != exp.start:
+            problems.append(f"final path {t.final}, expected to stay {exp.start}")
         if mode == "transfer" and exp.direct:
             if not t.went_direct:
                 problems.append("never went direct (no direct connected/path event)")
+            if t.final and t.final != "direct":
+                problems.append(f"final path {t.final}, expected direct")
+        if mode == "unblock" and t_act is not None:
+            if t.unblock_ms is None:
+                problems.append("no path event to direct after the unblock")
+            elif t.unblock_ms > exp.unblock_limit_s * 1000:
+                problems.append(f"direct {t.unblock_ms:.0f} ms after the unblock "
+                                f"(limit {exp.unblock_limit_s * 1000:.0f} ms)")
             if t.final and t.final != "direct":
                 problems.append(f"final path {t.final}, expected direct")
         if mode == "cut" and t_act is not None and not t.cut_drops:
@@ -466,6 +526,8 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
     finally:
         if cut:
             uncut(lab)
+        if unblocked is not None:
+            set_udp_blocked(lab, unblocked, True)
         for p in (dialer, listener):
             if p and p.proc.poll() is None:
                 p.stop()
@@ -494,6 +556,7 @@ def summarize(pair, trials, rtt_ms):
         "to_direct_ms": to_direct,
         "changes": _median([t.changes for t in trials]),
         "fallback_ms": _max([t.fallback_ms for t in trials]),
+        "unblock_ms": _max([t.unblock_ms for t in trials]),
         "failover_ms": _max([t.failover_ms for t in trials]),
         "failover_median_ms": _median([t.failover_ms for t in trials]),
         "listener_failover_ms": _max([t.listener_failover_ms for t in trials]),
@@ -518,11 +581,12 @@ COLUMNS = [
     ("to_direct_rtt", "to-direct RTTs", "{:.1f}"),
     ("changes", "changes", "{:g}"),
     ("fallback_ms", "back-to-relay ms", "{:.0f}"),
+    ("unblock_ms", "unblock-to-direct ms", "{:.0f}"),
     ("mib_s", "MiB/s", "{:.1f}"),
     ("expect", "expected", "{}"),
     ("pass", "verdict", "{}"),
 ]
-LEFT = (0, 4, 5, 6, 13)
+LEFT = (0, 4, 5, 6, 14)
 
 # "failover" mode's table: the failover delays instead of the direct-path columns.
 FAILOVER_COLUMNS = [
@@ -564,6 +628,9 @@ def figures(row):
         out.append(("gate_back_to_relay", round(row["fallback_ms"]), "ms after the cut (max)"))
     if row.get("failover_ms") is not None:
         out.append(("gate_failover", round(row["failover_ms"]), "ms after the kill (max)"))
+    if row.get("unblock_ms") is not None:
+        out.append(("gate_unblock_to_direct", round(row["unblock_ms"]),
+                    "ms after UDP was unblocked (max)"))
     return out
 
 

@@ -49,7 +49,8 @@ ROOM_PEERS = {"hairpin": 2, "no-hairpin": 2}
 # the observed address is the peer's own. Linux masquerade and snat to a port range keep one
 # mapping per local socket for every destination (endpoint-independent; snat-range just never
 # preserves the port), `masquerade random` picks a new port per destination
-# (endpoint-dependent). udp-blocked: no UDP leaves, so no gate and no event.
+# (endpoint-dependent). udp-blocked: no UDP leaves; it reaches gates over TCP, whose mapping says
+# nothing about UDP, so keywire reports no NAT event.
 NAT_MAPPING = {
     "public": "none",
     "public6": "none",

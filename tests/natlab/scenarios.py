@@ -13,7 +13,9 @@ from gates import GateExpect
 from runner import Expect, Pair
 
 MIB = 1 << 20
-UDP_BLOCKED_ERROR = "could not reach"  # until the TCP relay issue lands
+# A ticket without a gate: stream links (TCP) go only to gates, so a UDP-blocked peer cannot dial
+# it (gate-udp-blocked is the scenario with a gate).
+UDP_BLOCKED_ERROR = "could not reach"
 
 
 @dataclass
@@ -121,6 +123,40 @@ def gate_failover(trials=2, delay_ms=20.0, payload_bytes=8 * MIB, rate=2 * MIB):
                     run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
 
 
+def gate_udp_blocked(trials=2, delay_ms=20.0, payload_bytes=20 * MIB):
+    """A peer in a room whose router drops all outbound UDP (TCP passes) and a peer behind a
+    port-restricted NAT, then a public one; each pair both ways round (who dials, who listens
+    with the gate). The blocked peer gets no UDP answer from the gate, falls back to TCP to the
+    gate's host and port after 2 s, and the connection is relayed between its TCP link and the
+    other peer's UDP: it starts and stays relayed ("relayed (tcp)" on the blocked side, no
+    direct path can exist), and the payload (20 MiB; CI: 4 MiB) arrives byte-identical."""
+    blocked = GateExpect(start="relayed (tcp)", direct=False, listener_start="relayed")
+    to_blocked = GateExpect(start="relayed", direct=False, listener_start="relayed (tcp)")
+    return Scenario("gate-udp-blocked", gate_udp_blocked.__doc__,
+                    [Pair("udp-blocked", "port-restricted", blocked),
+                     Pair("port-restricted", "udp-blocked", to_blocked),
+                     Pair("udp-blocked", "public", blocked),
+                     Pair("public", "udp-blocked", to_blocked)],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario)
+
+
+def gate_udp_unblocked(trials=2, delay_ms=20.0, payload_bytes=32 * MIB, rate=2 * MIB):
+    """A peer in a udp-blocked room and a public peer, both ways round; the payload is fed at
+    2 MiB/s, and 1 s after `connected` (relayed over TCP) the blocked router's UDP drop goes.
+    The blocked peer's next UDP check of its gate (every 10 s) answers, its relayed connection
+    searches again, and the connection must go direct within 15 s of the unblock; every byte
+    arrives. (Against a peer behind a NAT this cannot work yet: the formerly blocked peer never
+    told it a reflexive UDP address, so neither side can open the hole.)"""
+    return Scenario("gate-udp-unblocked", gate_udp_unblocked.__doc__,
+                    [Pair("udp-blocked", "public", GateExpect(start="relayed (tcp)",
+                                                              mode="unblock")),
+                     Pair("public", "udp-blocked", GateExpect(start="relayed", mode="unblock",
+                                                              listener_start="relayed (tcp)"))],
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=gates.run_scenario, params={"stdin_rate": rate, "act_after_s": 1.0})
+
+
 def nat_classify(trials=2, delay_ms=20.0):
     """For each router kind but udp-blocked: a gate on gate1 and a `listen --gate` behind the
     router; the listener's `nat` event must come within 10 s of `listening`, report the kind's
@@ -141,6 +177,8 @@ SCENARIOS = {
     "gate-path-cut": gate_path_cut,
     "gate-killed-while-direct": gate_killed_while_direct,
     "gate-failover": gate_failover,
+    "gate-udp-blocked": gate_udp_blocked,
+    "gate-udp-unblocked": gate_udp_unblocked,
     "nat-classify": nat_classify,
 }
 
@@ -151,6 +189,7 @@ def ci_scenarios():
             gate_both_nat(trials=1, payload_bytes=4 * MIB),
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
             gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1),
+            gate_udp_blocked(trials=1, payload_bytes=4 * MIB), gate_udp_unblocked(trials=1),
             nat_classify(trials=1)]
 
 
@@ -160,4 +199,5 @@ def bench_scenarios():
             + [lossy(trials=5), same_lan(trials=5)]
             + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
                gate_killed_while_direct(trials=5), gate_failover(trials=5),
+               gate_udp_blocked(trials=5), gate_udp_unblocked(trials=5),
                nat_classify(trials=5)])

@@ -24,6 +24,13 @@ pub struct GateArgs {
     /// Serve only these node ids (repeatable); default: anyone.
     #[arg(long = "allow", value_name = "NODE_ID")]
     allow: Vec<NodeId>,
+    /// Do not accept TCP and WebSocket links (for clients whose networks block UDP) on the
+    /// UDP port's number.
+    #[arg(long)]
+    no_tcp: bool,
+    /// Also accept TCP and WebSocket links here (repeatable; e.g. `[::]:443`).
+    #[arg(long = "tcp-also", value_name = "ADDR")]
+    tcp_also: Vec<SocketAddr>,
     /// Print counters this often (seconds; 0: only at exit).
     #[arg(long, default_value_t = 60)]
     report_every: u64,
@@ -34,6 +41,8 @@ pub async fn run(opts: &NodeOptions, args: &GateArgs) -> anyhow::Result<()> {
     let mut config = GateConfig::default();
     config.max_clients = args.max_clients;
     config.relay_bytes_per_second = args.relay_rate;
+    config.stream_links = !args.no_tcp;
+    config.extra_link_addrs = args.tcp_also.clone();
     if !args.allow.is_empty() {
         config.allow = Some(args.allow.iter().copied().collect());
     }
@@ -46,6 +55,7 @@ pub async fn run(opts: &NodeOptions, args: &GateArgs) -> anyhow::Result<()> {
             &serde_json::json!({
                 "event": "gate", "node_id": endpoint.node_id().to_string(), "ticket": ticket.to_string(),
                 "addr": endpoint.local_addr()?.to_string(), "observation_addr": gate.observation_addr().to_string(),
+                "tcp_addrs": gate.link_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             })
             .to_string(),
         );
@@ -56,6 +66,9 @@ pub async fn run(opts: &NodeOptions, args: &GateArgs) -> anyhow::Result<()> {
             endpoint.local_addr()?
         ));
         output::line(&format!("observation port {}", gate.observation_addr()));
+        for addr in gate.link_addrs() {
+            output::line(&format!("TCP and WebSocket links on {addr}"));
+        }
         output::line(&format!("ticket: {ticket}"));
     }
     let mut report = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));

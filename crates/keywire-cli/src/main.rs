@@ -33,6 +33,21 @@ struct Cli {
     /// Machine-readable output: one JSON object per line (on stderr where stdout carries data).
     #[arg(long, global = true)]
     json: bool,
+    /// How to reach gates: `auto` (UDP, then TCP after 2 s without an answer), `udp` or `tcp`.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWIRE_GATE_LINK",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    gate_link: node::GateLinkArg,
+    /// Reach gates over TCP as WebSocket (an HTTP upgrade) rather than raw framing.
+    #[arg(long, global = true)]
+    websocket: bool,
+    /// HTTP proxy (`host:port`) to reach gates through with CONNECT [default: from HTTPS_PROXY].
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    proxy: Option<String>,
     /// Log verbosity: -v for info, -vv for debug (or set RUST_LOG).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -98,6 +113,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         key: cli.key.clone(),
         network: cli.network.clone(),
         json: cli.json,
+        gate_link: cli.gate_link.config(cli.websocket, cli.proxy.clone()),
     };
     match &cli.command {
         Command::Id(args) => node::print_id(&opts, args),

@@ -7,13 +7,44 @@ use crate::output;
 use anyhow::Context;
 use keywire::key_file;
 use keywire::signal::sidewire::SidewireSecretKey;
-use keywire::{Endpoint, EndpointConfig, NetworkId, SecretKey, Ticket};
+use keywire::{
+    Endpoint, EndpointConfig, GateLinkConfig, GateLinkMode, NetworkId, SecretKey, Ticket,
+};
 
 /// Options every command shares.
 pub struct NodeOptions {
     pub key: Option<PathBuf>,
     pub network: Option<String>,
     pub json: bool,
+    pub gate_link: GateLinkConfig,
+}
+
+/// `--gate-link`: how to reach gates.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum GateLinkArg {
+    /// UDP, then TCP too when UDP gets no answer within 2 s.
+    Auto,
+    /// UDP only.
+    Udp,
+    /// TCP only (a network known to block UDP).
+    Tcp,
+}
+
+impl GateLinkArg {
+    /// The library's setting, with WebSocket framing if asked and the proxy given (else the
+    /// one `HTTPS_PROXY` names).
+    pub fn config(self, websocket: bool, proxy: Option<String>) -> GateLinkConfig {
+        let mode = match self {
+            Self::Auto => GateLinkMode::UdpThenTcp,
+            Self::Udp => GateLinkMode::UdpOnly,
+            Self::Tcp => GateLinkMode::TcpOnly,
+        };
+        let config = GateLinkConfig::default().mode(mode).websocket(websocket);
+        match proxy.or_else(GateLinkConfig::proxy_from_env) {
+            Some(proxy) => config.http_proxy(proxy),
+            None => config,
+        }
+    }
 }
 
 impl NodeOptions {
@@ -61,6 +92,7 @@ impl NodeOptions {
         let mut config = EndpointConfig::new(key)
             .bind_addr(bind)
             .network(self.network())
+            .gate_link(self.gate_link.clone())
             .alpn(alpn.to_vec());
         for addr in announce {
             config = config.announce(*addr);

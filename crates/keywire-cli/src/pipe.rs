@@ -286,11 +286,11 @@ fn report_nat(opts: &NodeOptions, endpoint: &keywire::Endpoint) {
     });
 }
 
-/// `("direct" | "relayed", gate address or null)` for JSON output.
+/// `("direct" | "relayed" | "relayed (tcp)", gate address or null)` for JSON output.
 fn path_json(path: Path) -> (&'static str, serde_json::Value) {
     match path {
-        Path::Relayed { gate } => ("relayed", gate.to_string().into()),
-        _ => ("direct", serde_json::Value::Null),
+        Path::Relayed { gate, .. } => (path.kind(), gate.to_string().into()),
+        _ => (path.kind(), serde_json::Value::Null),
     }
 }
 

@@ -51,6 +51,8 @@ fn a_tiny_relay_bench_prints_every_figure() {
         [
             "relay.throughput_ratio.loopback_1mib",
             "relay.mib_per_s.loopback_1mib",
+            "relay.tcp_throughput_ratio.loopback_1mib",
+            "relay.tcp_mib_per_s.loopback_1mib",
             "relay.first_byte_rtt.cold_rtt10ms",
             "relay.first_byte_rtt.registered_rtt10ms",
             "relay.to_direct_relayed_rtt.rtt10ms",
@@ -72,6 +74,8 @@ fn a_tiny_relay_bench_prints_every_figure() {
     assert!(["PASS", "MISS"].contains(&recovery["verdict"].as_str().unwrap()));
     // Set-up through a 10 ms RTT proxy takes at least one round trip (a figure under 1 would
     // mean the proxy was bypassed).
-    assert!(lines[2]["value"].as_f64().unwrap() >= 1.0, "{}", lines[2]);
+    assert!(lines[4]["value"].as_f64().unwrap() >= 1.0, "{}", lines[4]);
+    // The TCP-relayed figure names its UDP-relayed baseline.
+    assert!(lines[3]["baseline"].as_f64().unwrap() > 0.0, "{}", lines[3]);
     assert!(["PASS", "MISS"].contains(&lines[0]["verdict"].as_str().unwrap()));
 }

@@ -39,7 +39,27 @@ fn json_line(reader: &mut impl BufRead, what: &str) -> serde_json::Value {
 
 #[test]
 fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
-    let dir = std::env::temp_dir().join(format!("keywire-gate-cli-{}", std::process::id()));
+    relayed_then_direct("udp", &[], "relayed");
+}
+
+/// The connector reaches the gate over TCP only (`--gate-link tcp`, as a node whose network
+/// blocks UDP would after its fall-back), as raw framing and as WebSocket: the connection
+/// starts `relayed (tcp)`, and moves to a direct UDP path since UDP to the peer works here.
+#[test]
+fn a_connector_that_reaches_the_gate_over_tcp_starts_relayed_tcp() {
+    relayed_then_direct("tcp", &["--gate-link", "tcp"], "relayed (tcp)");
+    relayed_then_direct(
+        "ws",
+        &["--gate-link", "tcp", "--websocket"],
+        "relayed (tcp)",
+    );
+}
+
+/// A gate, a listener registered with it, and a connector dialing a ticket that names only
+/// the gate (with `connector_options`): the bytes arrive, the connection starts on
+/// `expected_start` and then goes direct.
+fn relayed_then_direct(name: &str, connector_options: &[&str], expected_start: &str) {
+    let dir = std::env::temp_dir().join(format!("keywire-gate-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -55,6 +75,10 @@ fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
     let mut gate_out = BufReader::new(gate.0.stdout.take().unwrap());
     let gate_event = json_line(&mut gate_out, "gate");
     let gate_ticket = gate_event["ticket"].as_str().unwrap().to_string();
+    assert_eq!(
+        gate_event["tcp_addrs"][0], gate_event["addr"],
+        "TCP links on the UDP port's address: {gate_event}"
+    );
 
     let payload: Vec<u8> = (0..(2 << 20)).map(|i| (i % 253) as u8).collect();
     std::fs::write(dir.join("payload"), &payload).unwrap();
@@ -83,6 +107,9 @@ fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
         .to_string();
     let mut connector = Reaper(
         keywire(&dir, "connector.key")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .args(connector_options)
             .args(["connect", &gate_only])
             .stdin(std::fs::File::open(dir.join("payload")).unwrap())
             .stdout(Stdio::null())
@@ -106,7 +133,7 @@ fn a_listener_behind_its_gate_is_reached_relayed_then_directly() {
 
     let find = |name: &str| events.iter().find(|e| e["event"] == name).cloned();
     let connected = find("connected").expect("a connected event");
-    assert_eq!(connected["path"], "relayed", "{connected}");
+    assert_eq!(connected["path"], expected_start, "{connected}");
     assert!(connected["gate"].is_string());
     assert!(!connected["candidates"].as_array().unwrap().is_empty());
     let path = find("path").expect("a path event: the switch to direct");
@@ -200,7 +227,7 @@ async fn a_relayed_connection_moves_to_the_second_gate_when_the_first_dies() {
         .unwrap()
         .unwrap();
     let first_gate = match conn.initial_path() {
-        keywire::Path::Relayed { gate } => gate,
+        keywire::Path::Relayed { gate, .. } => gate,
         other => panic!("expected a relayed start, got {other}"),
     };
     assert_eq!(first_gate.port(), first_addr.direct_addrs[0].port());
@@ -229,7 +256,7 @@ async fn a_relayed_connection_moves_to_the_second_gate_when_the_first_dies() {
         "moved {moved_after:?} after the kill (limit 5 s)"
     );
     match moved.expect("the connection's path") {
-        keywire::Path::Relayed { gate } => {
+        keywire::Path::Relayed { gate, .. } => {
             assert_eq!(
                 gate.port(),
                 second_addr.direct_addrs[0].port(),

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod gro;
 pub mod identity;
 pub mod kad;
+pub mod link;
 pub mod nat;
 pub mod network_id;
 pub mod probe;

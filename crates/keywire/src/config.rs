@@ -44,6 +44,9 @@ pub struct EndpointConfig {
     /// Whether a relayed connection probes the peer's candidate addresses and moves to a direct
     /// path when one answers (and back to the relay when it dies). Default on.
     pub upgrade_to_direct: bool,
+    /// How gates are reached when UDP to them gets no answer (TCP or WebSocket, maybe through
+    /// an HTTP proxy). Default: UDP, then TCP after 2 s of silence.
+    pub gate_link: crate::GateLinkConfig,
 }
 
 /// Most addresses [`EndpointConfig::announce_addrs`] may hold.
@@ -66,6 +69,7 @@ impl EndpointConfig {
             max_connections: 4096,
             announce_addrs: Vec::new(),
             upgrade_to_direct: true,
+            gate_link: crate::GateLinkConfig::default(),
         }
     }
 
@@ -109,6 +113,12 @@ impl EndpointConfig {
     /// [`EndpointConfig::upgrade_to_direct`]).
     pub fn upgrade_to_direct(mut self, on: bool) -> Self {
         self.upgrade_to_direct = on;
+        self
+    }
+
+    /// Sets how gates are reached (see [`EndpointConfig::gate_link`]).
+    pub fn gate_link(mut self, gate_link: crate::GateLinkConfig) -> Self {
+        self.gate_link = gate_link;
         self
     }
 

@@ -20,23 +20,65 @@ pub enum Path {
     Relayed {
         /// The gate.
         gate: SocketAddr,
+        /// How this node reaches the gate.
+        link: RelayLink,
     },
+}
+
+/// How a node reaches the gate that relays its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayLink {
+    /// Over UDP, as every other path.
+    Udp,
+    /// Over TCP (raw or WebSocket), because UDP to the gate got no answer (or was turned off).
+    Tcp,
 }
 
 impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Direct(addr) => write!(f, "direct to {addr}"),
-            Self::Relayed { gate } => write!(f, "relayed via gate {gate}"),
+            Self::Relayed {
+                gate,
+                link: RelayLink::Udp,
+            } => write!(f, "relayed via gate {gate}"),
+            Self::Relayed {
+                gate,
+                link: RelayLink::Tcp,
+            } => write!(f, "relayed (tcp) via gate {gate}"),
         }
     }
 }
 
-impl From<Route> for Path {
-    fn from(route: Route) -> Self {
+impl Path {
+    /// The path of `route`; `over_stream`: its next hop is reached over a stream link.
+    pub(crate) fn from_route(route: Route, over_stream: bool) -> Self {
         match route {
-            Route::Relayed { gate, .. } => Path::Relayed { gate },
+            Route::Relayed { gate, .. } => Path::Relayed {
+                gate,
+                link: if over_stream {
+                    RelayLink::Tcp
+                } else {
+                    RelayLink::Udp
+                },
+            },
             Route::Direct(addr) => Path::Direct(addr),
+        }
+    }
+
+    /// A short name for reports: `direct`, `relayed` or `relayed (tcp)`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Direct(_) => "direct",
+            Self::Relayed {
+                link: RelayLink::Udp,
+                ..
+            } => "relayed",
+            Self::Relayed {
+                link: RelayLink::Tcp,
+                ..
+            } => "relayed (tcp)",
         }
     }
 }
@@ -45,6 +87,7 @@ impl From<Route> for Path {
 #[derive(Debug)]
 pub struct PathEvents {
     watch: Option<tokio::sync::watch::Receiver<Route>>,
+    paths: Arc<PathTable>,
     /// The path last reported (at first, the one the connection was established over).
     last: Route,
 }
@@ -59,7 +102,7 @@ impl PathEvents {
             let current = *watch.borrow_and_update();
             if current != self.last {
                 self.last = current;
-                return Some(current.into());
+                return Some(self.paths.path_of_route(current));
             }
             watch.changed().await.ok()?;
         }
@@ -118,7 +161,7 @@ impl Connection {
     /// The path the connection was established over (a relayed connection may already have
     /// gone direct by the time the caller looks at [`Connection::path`]).
     pub fn initial_path(&self) -> Path {
-        self.opened_on.into()
+        self.paths.path_of_route(self.opened_on)
     }
 
     /// Every change of [`Connection::path`] since the connection was established: relayed to
@@ -129,6 +172,7 @@ impl Connection {
                 .paths
                 .switch_signal(&self.inner.remote_address())
                 .map(|s| s.subscribe()),
+            paths: self.paths.clone(),
             last: self.opened_on,
         }
     }
@@ -145,7 +189,7 @@ impl Connection {
     /// How packets travel right now: directly, or relayed through a gate.
     pub fn path(&self) -> Path {
         match self.paths.route_of(&self.inner.remote_address()) {
-            Some(route) => Path::from(route),
+            Some(route) => self.paths.path_of_route(route),
             // The path was evicted: only possible once the connection is long dead.
             None => Path::Direct(self.inner.remote_address()),
         }

@@ -60,6 +60,7 @@ struct Inner {
     upgrades: Arc<Upgrades>,
     gates: GateRegistry,
     connect_timeout: std::time::Duration,
+    gate_link: crate::GateLinkConfig,
 }
 
 impl Drop for Inner {
@@ -196,6 +197,7 @@ impl Endpoint {
                 upgrades,
                 gates: GateRegistry::default(),
                 connect_timeout: config.connect_timeout,
+                gate_link: config.gate_link.clone(),
             }),
         };
         // A relayed connection whose gate died asks the endpoint for another gate; a weak
@@ -218,6 +220,14 @@ impl Endpoint {
 
     pub(crate) fn gate_registry(&self) -> &GateRegistry {
         &self.inner.gates
+    }
+
+    pub(crate) fn socket_handle(&self) -> &Arc<KeywireSocket> {
+        &self.inner.socket
+    }
+
+    pub(crate) fn gate_link_config(&self) -> &crate::GateLinkConfig {
+        &self.inner.gate_link
     }
 
     pub(crate) fn path_table(&self) -> &Arc<PathTable> {
@@ -379,10 +389,12 @@ impl Endpoint {
     /// Accepts relayed connections arriving through `gate` (a registration of this endpoint);
     /// [`Endpoint::connect_via`] does this itself.
     pub fn use_gate(&self, gate: &GateClient) {
+        // Where a gate sees us over TCP is no candidate for UDP.
+        let observed = (!gate.over_stream_link()).then(|| gate.observed_addr());
         self.inner.paths.add_gate(
             gate.gate_addr(),
             gate.session(),
-            gate.observed_addr(),
+            observed,
             gate.alive_flag(),
         );
     }

@@ -105,6 +105,16 @@ counter_set! {
     path_fallbacks,
     /// Relayed connections moved to another gate after theirs died.
     gate_failovers,
+    /// Stream links (TCP or WebSocket, for networks that block UDP) opened: dialed or accepted.
+    links_opened,
+    /// Datagrams queued to a stream link.
+    link_datagrams_sent,
+    /// Datagrams read from a stream link.
+    link_datagrams_received,
+    /// Datagrams dropped because their link's queue was full (a slow TCP reader; never waited for).
+    link_queue_full,
+    /// Datagrams too long for a link's framing (dropped).
+    link_oversize,
 }
 
 impl Metrics {

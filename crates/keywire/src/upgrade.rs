@@ -52,6 +52,9 @@ pub(crate) struct Upgrades {
     /// Address observations waiting for their reply, by nonce.
     observations: Mutex<HashMap<u64, oneshot::Sender<SocketAddr>>>,
     connections: Mutex<HashMap<ConnTag, mpsc::Sender<ControlDatagram>>>,
+    /// Bumped when UDP starts working for a node that reached a gate over TCP: every relayed
+    /// connection searches for a direct path again (see [`Prober::network_changed`]).
+    udp_works_again: tokio::sync::watch::Sender<u64>,
 }
 
 /// Kept by every clone of a [`crate::Connection`]; when the last one goes, the connection's
@@ -79,7 +82,14 @@ impl Upgrades {
             rerouter: RerouterCell::default(),
             observations: Mutex::default(),
             connections: Mutex::default(),
+            udp_works_again: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// UDP works again where it did not (a gate reached over TCP answered over UDP): relayed
+    /// connections search for a direct path anew, candidates that stayed silent included.
+    pub(crate) fn udp_works_again(&self) {
+        self.udp_works_again.send_modify(|n| *n += 1);
     }
 
     /// Our candidate addresses, for the peer of a new connection: announced, bound or
@@ -230,6 +240,7 @@ impl Upgrades {
             prober,
             inbox,
             last_reroute: None,
+            udp_works_again: self.udp_works_again.subscribe(),
         };
         tokio::spawn(async move {
             task.run(stopped).await;
@@ -283,6 +294,7 @@ struct Task {
     prober: Option<Prober>,
     inbox: mpsc::Receiver<ControlDatagram>,
     last_reroute: Option<Instant>,
+    udp_works_again: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Task {
@@ -315,6 +327,11 @@ impl Task {
                     }
                 }
                 _ = gate_check.tick() => self.check_gate().await,
+                Ok(()) = self.udp_works_again.changed() => {
+                    if let Some(prober) = self.prober.as_mut() {
+                        prober.network_changed(Instant::now());
+                    }
+                }
             }
         }
         if let Some(tag) = self.tag {

@@ -341,7 +341,8 @@ async fn connections_through_the_relay_carry_streams_end_to_end() {
     assert_eq!(
         conn.path(),
         keywire::Path::Relayed {
-            gate: a.gate_addr()
+            gate: a.gate_addr(),
+            link: keywire::RelayLink::Udp,
         }
     );
     let mut send = conn.open_uni().await.unwrap();
@@ -357,7 +358,8 @@ async fn connections_through_the_relay_carry_streams_end_to_end() {
     assert_eq!(
         path,
         keywire::Path::Relayed {
-            gate: b.gate_addr()
+            gate: b.gate_addr(),
+            link: keywire::RelayLink::Udp,
         }
     );
     assert_eq!((total, digest), (4 << 20, expected.finalize()));

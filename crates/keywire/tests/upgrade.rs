@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -99,56 +98,6 @@ async fn a_relayed_connection_goes_direct_and_the_stream_never_notices() {
     println!("relayed start to direct in {to_direct:?}");
 }
 
-/// A UDP forwarder between one client and a target set once, that can be cut.
-struct Forwarder {
-    front: SocketAddr,
-    target: Arc<std::sync::OnceLock<SocketAddr>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Forwarder {
-    async fn start(front_bind: &str, back_bind: &str) -> Self {
-        let target = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
-        let target_for_task = target.clone();
-        let front = Arc::new(UdpSocket::bind(front_bind).await.unwrap());
-        let back = Arc::new(UdpSocket::bind(back_bind).await.unwrap());
-        let front_addr = front.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let client = Arc::new(tokio::sync::Mutex::new(None::<SocketAddr>));
-            let inbound = {
-                let (front, back, client) = (front.clone(), back.clone(), client.clone());
-                async move {
-                    let mut buf = vec![0u8; 65536];
-                    while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                        *client.lock().await = Some(from);
-                        if let Some(target) = target_for_task.get() {
-                            let _ = back.send_to(&buf[..n], *target).await;
-                        }
-                    }
-                }
-            };
-            let outbound = async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok((n, _)) = back.recv_from(&mut buf).await {
-                    if let Some(to) = *client.lock().await {
-                        let _ = front.send_to(&buf[..n], to).await;
-                    }
-                }
-            };
-            tokio::join!(inbound, outbound);
-        });
-        Self {
-            front: front_addr,
-            target,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test]
 async fn when_the_direct_path_dies_the_relay_takes_over_within_3_s() {
     // Alice speaks only IPv4 and Bob only IPv6, so the one direct path between them is a
@@ -200,7 +149,8 @@ async fn when_the_direct_path_dies_the_relay_takes_over_within_3_s() {
     assert_eq!(
         path,
         Some(Path::Relayed {
-            gate: a.gate_addr()
+            gate: a.gate_addr(),
+            link: keywire::RelayLink::Udp,
         })
     );
     assert!(

@@ -8,6 +8,7 @@ mod dht;
 mod natlab;
 mod relay;
 mod relay_switch;
+mod relay_tcp;
 mod stats;
 mod throughput;
 
@@ -34,7 +35,8 @@ enum Bench {
     /// The DHT: simulated under churn (success, hops, messages, maintenance bytes) and
     /// resolution on real loopback sockets.
     Dht(dht::Args),
-    /// Through a gate: relayed throughput against direct (ABBA), time to first byte in RTTs
+    /// Through a gate: relayed throughput against direct (ABBA), TCP-relayed against
+    /// UDP-relayed (ABBA), time to first byte in RTTs
     /// behind a delaying proxy, and time from relayed start to direct.
     Relay(relay::Args),
 }

@@ -6,6 +6,7 @@
 //!   same long-lived endpoints, so drift on a shared machine hits both alike; the round's ratio
 //!   is total direct time / total relayed time. Both ends keep relayed connections relayed
 //!   (`upgrade_to_direct(false)`), else the relayed runs would mostly measure the direct path.
+//! - TCP-relayed throughput as a ratio of UDP-relayed throughput (`relay_tcp.rs`).
 //! - time to first byte via a gate, in RTTs: every node reaches the gate through its own
 //!   [`DelayProxy`] with a known RTT, so elapsed / RTT counts round trips. Timed from the start
 //!   of the caller's registration (cold) or of `connect_via` (caller already registered) until
@@ -30,8 +31,8 @@ use super::stats::{iqr, median};
 use super::throughput::{receive_keywire, send_and_wait};
 use super::{config, emit};
 
-const ALPN: &[u8] = b"keywire-bench/relay/1";
-const CHUNK: usize = 1 << 20;
+pub(super) const ALPN: &[u8] = b"keywire-bench/relay/1";
+pub(super) const CHUNK: usize = 1 << 20;
 /// Every step of a trial is bounded, so a stuck path fails the run instead of hanging it.
 const STEP_LIMIT: Duration = Duration::from_secs(60);
 const THROUGHPUT_TARGET: f64 = 0.5;
@@ -67,6 +68,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         "--size, --rounds, --trials and --rtt-ms must be at least 1"
     );
     throughput(size, rounds).await?;
+    super::relay_tcp::throughput(size, rounds).await?;
     let rtt = Duration::from_millis(args.rtt_ms);
     first_byte(rtt, trials).await?;
     to_direct(rtt, trials).await?;
@@ -76,7 +78,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 /// A gate whose limits do not shape what is measured: relaying at 1 GiB/s per client (the
 /// default 4 MiB/s would measure the limit) and as many registrations from 127.0.0.1 as the
 /// trials need (the default refills one per 6 s).
-async fn gate() -> anyhow::Result<(Endpoint, Gate)> {
+pub(super) async fn gate() -> anyhow::Result<(Endpoint, Gate)> {
     let endpoint = Endpoint::bind(config(ALPN))?;
     let mut gate_config = GateConfig::default();
     gate_config.relay_bytes_per_second = 1 << 30;
@@ -86,7 +88,7 @@ async fn gate() -> anyhow::Result<(Endpoint, Gate)> {
     Ok((endpoint, gate))
 }
 
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     what: &str,
     step: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
@@ -189,7 +191,7 @@ async fn throughput(size: u64, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn size_label(size: u64) -> String {
+pub(super) fn size_label(size: u64) -> String {
     if size % (1 << 20) == 0 {
         format!("{}mib", size >> 20)
     } else {

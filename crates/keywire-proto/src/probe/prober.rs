@@ -176,6 +176,17 @@ impl Prober {
         }
     }
 
+    /// Our own network changed so that addresses which stayed silent may answer now (e.g. UDP
+    /// to the internet started working for a node that reached its gate over TCP): forgets
+    /// which candidates never answered and searches again from the first round. Only the
+    /// local node calls this, from what it observed itself, so a peer cannot use it to aim
+    /// more probes at a third party; each call allows at most `max_unconfirmed_probes` more per
+    /// address.
+    pub fn network_changed(&mut self, now: Instant) {
+        self.unconfirmed.clear();
+        self.restart(now);
+    }
+
     /// The connection's tag (what its probes carry).
     pub fn tag(&self) -> super::ConnTag {
         self.keys.tag()

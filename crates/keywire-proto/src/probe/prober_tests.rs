@@ -209,3 +209,29 @@ fn an_address_that_speaks_keeps_being_probed() {
         "a confirmed address is probed every round: {to_3}"
     );
 }
+
+#[test]
+fn a_network_change_lets_silent_candidates_be_probed_again() {
+    let t0 = Instant::now();
+    let (mut a, _) = pair(t0, &[addr(2)], &[]);
+    let mut now = t0;
+    let mut before = 0;
+    for _ in 0..20 {
+        a.handle_timeout(now);
+        before += drain(&mut a).len();
+        now = a.poll_timeout().unwrap_or(now + Duration::from_secs(5));
+    }
+    let c = ProberConfig::default();
+    assert_eq!(before as u32, c.max_unconfirmed_probes, "silent: given up");
+    a.network_changed(now);
+    let mut after = 0;
+    for _ in 0..20 {
+        a.handle_timeout(now);
+        after += drain(&mut a).len();
+        now = a.poll_timeout().unwrap_or(now + Duration::from_secs(5));
+    }
+    assert_eq!(
+        after as u32, c.max_unconfirmed_probes,
+        "probed again, and again bounded"
+    );
+}

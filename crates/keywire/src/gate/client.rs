@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use keywire_proto::gate::message::{
     GateMessage, MessageError, RefusalCode, GATE_PROTOCOL_VERSION, MAX_MESSAGE_LEN,
 };
-use keywire_proto::gate::GATE_ALPN;
 use keywire_proto::{NodeAddr, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -53,6 +52,17 @@ pub enum GateError {
     /// The connection to the gate is gone.
     #[error("the connection to the gate closed")]
     Closed,
+    /// A stream link (TCP or WebSocket) to the gate could not be opened.
+    #[error("cannot open a TCP link to the gate: {0}")]
+    Link(#[from] crate::LinkError),
+    /// Neither UDP nor a stream link reached the gate.
+    #[error("cannot reach the gate over UDP ({udp}) nor over TCP ({tcp})")]
+    Unreachable {
+        /// What UDP gave.
+        udp: Box<ConnectError>,
+        /// What the stream link gave.
+        tcp: Box<GateError>,
+    },
     /// The endpoint already joined as many gates as it may.
     #[error("already joined {0} gates, the most an endpoint may")]
     TooManyGates(usize),
@@ -94,12 +104,19 @@ pub struct GateClient {
     alive: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// The stream link the connection runs over, when UDP to the gate got no answer.
+    link: Option<super::link_fallback::LinkTask>,
+    /// While on a link: checks whether UDP works now (see `watch_udp`).
+    udp_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for GateClient {
     fn drop(&mut self) {
         self.reader.abort();
         self.heartbeat.abort();
+        if let Some(watch) = &self.udp_watch {
+            watch.abort();
+        }
         self.conn.close(0u32.into(), b"leaving the gate");
     }
 }
@@ -116,7 +133,7 @@ impl std::fmt::Debug for GateClient {
 impl GateClient {
     /// Connects to `gate` and registers.
     pub async fn register(endpoint: &Endpoint, gate: &NodeAddr) -> Result<Self, GateError> {
-        let conn = endpoint.connect(gate, GATE_ALPN).await?;
+        let (conn, link) = endpoint.connect_gate(gate).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|_| GateError::Closed)?;
         write_message(
             &mut send,
@@ -167,8 +184,17 @@ impl GateClient {
             last_pong,
             alive.clone(),
         ));
+        let observation_addr = SocketAddr::new(conn.remote_address().ip(), port);
+        let udp_watch = link.as_ref().map(|_| {
+            tokio::spawn(watch_udp(
+                endpoint.upgrades_handle().clone(),
+                observation_addr,
+                endpoint.gate_link_config().udp_recheck,
+            ))
+        });
         Ok(Self {
-            observation_addr: SocketAddr::new(conn.remote_address().ip(), port),
+            observation_addr,
+            udp_watch,
             conn,
             send,
             alive,
@@ -179,6 +205,7 @@ impl GateClient {
             observed,
             relay_bytes_per_second: rate,
             reader,
+            link,
         })
     }
 
@@ -211,6 +238,11 @@ impl GateClient {
     /// The gate's main address (where relay frames go).
     pub fn gate_addr(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// Whether this registration runs over a stream link (TCP or WebSocket) instead of UDP.
+    pub fn over_stream_link(&self) -> bool {
+        self.link.is_some()
     }
 
     /// Bytes per second this client may relay.
@@ -251,6 +283,23 @@ impl GateClient {
     /// The next introduction another client asked for; `None` once the gate is gone.
     pub async fn next_introduction(&self) -> Option<Introduction> {
         self.introductions.lock().await.recv().await
+    }
+}
+
+/// While a gate is reached over TCP: every `every`, asks its observation port (over UDP) where
+/// it sees us; when an answer comes after none did, UDP works now, and relayed connections
+/// search for a direct UDP path again (their probes to silent candidates had stopped).
+async fn watch_udp(upgrades: Arc<crate::upgrade::Upgrades>, observer: SocketAddr, every: Duration) {
+    let mut worked = false;
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let works = upgrades.observe(observer).await.is_some();
+        if works && !worked {
+            upgrades.udp_works_again();
+        }
+        worked = works;
     }
 }
 

@@ -9,9 +9,11 @@
 
 mod client;
 mod limits;
+mod link_fallback;
 pub(crate) mod registry;
 mod relay;
 mod server;
+mod stream_listener;
 
 pub use client::{GateClient, GateError, Introduction};
 pub use server::{Gate, GateConfig, GateMetrics};

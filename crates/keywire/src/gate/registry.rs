@@ -24,6 +24,10 @@ const REMEMBERED_PEERS: usize = 256;
 pub(crate) struct GateRegistry {
     joined: Mutex<Vec<Joined>>,
     known: Mutex<VecDeque<(NodeId, Vec<NodeAddr>)>>,
+    /// Gates whose registration over a stream link died (at most [`MAX_TICKET_GATES`], by the
+    /// gate's address): the link may have broken with the gate alive (a proxy dropping a long
+    /// tunnel), so [`Endpoint::reroute`] may join them again, after every other gate.
+    broken_links: Mutex<VecDeque<(SocketAddr, NodeAddr)>>,
 }
 
 #[derive(Debug)]
@@ -49,8 +53,37 @@ impl GateRegistry {
     /// gate died is no registration).
     fn live(&self) -> std::sync::MutexGuard<'_, Vec<Joined>> {
         let mut joined = self.lock();
-        joined.retain(|j| j.client.is_alive());
+        let mut broken = Vec::new();
+        joined.retain(|j| {
+            let alive = j.client.is_alive();
+            if !alive && j.client.over_stream_link() {
+                broken.push((j.client.gate_addr(), j.addr.clone()));
+            }
+            alive
+        });
+        if !broken.is_empty() {
+            let mut list = self.broken_links();
+            for entry in broken {
+                list.retain(|(addr, _)| *addr != entry.0);
+                if list.len() >= MAX_TICKET_GATES {
+                    list.pop_front();
+                }
+                list.push_back(entry);
+            }
+        }
         joined
+    }
+
+    fn broken_links(&self) -> std::sync::MutexGuard<'_, VecDeque<(SocketAddr, NodeAddr)>> {
+        self.broken_links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The gate at `addr`, if our registration there died with its stream link.
+    fn broken_link(&self, addr: SocketAddr) -> Option<NodeAddr> {
+        self.broken_links()
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, gate)| gate.clone())
     }
 
     fn find(&self, gate: NodeId) -> Option<Arc<GateClient>> {
@@ -97,8 +130,11 @@ async fn follow_introductions(
             gate,
             channel: introduction.channel,
         };
+        // Through another gate, or through this one on another channel: the gate keeps one
+        // channel per pair of sessions, so a new one means the peer registered again (its gate
+        // died, or its link to this one broke) and the old channel is gone.
         let elsewhere =
-            matches!(paths.relay_of(&v), Some(Route::Relayed { gate: other, .. }) if other != gate);
+            matches!(paths.relay_of(&v), Some(old @ Route::Relayed { .. }) if old != route);
         if elsewhere && paths.move_relay(v, route, Instant::now()) {
             Metrics::inc(&metrics.gate_failovers);
         }
@@ -124,6 +160,9 @@ impl Endpoint {
             return Err(GateError::TooManyGates(MAX_TICKET_GATES));
         }
         self.use_gate(&client);
+        registry
+            .broken_links()
+            .retain(|(_, g)| g.node_id != gate.node_id);
         let follower = tokio::spawn(follow_introductions(
             client.clone(),
             self.path_table().clone(),
@@ -228,11 +267,18 @@ impl Endpoint {
 }
 
 impl Endpoint {
-    /// What kind of NAT this node is behind, from its first live gate: the address the gate's
-    /// main port saw at registration, and the one its observation port sees now. `None` without
-    /// a joined gate.
+    /// What kind of NAT this node is behind, from its first live gate reached over UDP: the
+    /// address the gate's main port saw at registration, and the one its observation port sees
+    /// now. `None` without such a gate (a gate reached over TCP sees a TCP mapping, which says
+    /// nothing about UDP).
     pub async fn nat_report(&self) -> Option<NatReport> {
-        let client = self.gate_registry().live().first()?.client.clone();
+        let client = self
+            .gate_registry()
+            .live()
+            .iter()
+            .find(|j| !j.client.over_stream_link())?
+            .client
+            .clone();
         let second = self
             .upgrades_handle()
             .observe(client.observation_addr())
@@ -246,7 +292,9 @@ impl Endpoint {
     }
 
     /// Finds another relay to `peer` than the dead gate at `dead`: through a gate we joined or
-    /// one of the peer's ticket, joining it if needed, and asking it for an introduction.
+    /// one of the peer's ticket, joining it if needed, and asking it for an introduction. Last,
+    /// if our registration at `dead` went over a stream link that broke, through `dead` again
+    /// over a new link (only the link may have died).
     pub(crate) async fn reroute(&self, peer: NodeId, dead: SocketAddr) -> Option<Route> {
         let mut gates = self.joined_gates();
         for gate in self.gate_registry().gates_of(peer) {
@@ -255,14 +303,16 @@ impl Endpoint {
             }
         }
         let candidates = self.local_candidates();
-        for gate in gates {
-            if gate.direct_addrs.contains(&dead) {
-                continue;
-            }
+        let again = self.gate_registry().broken_link(dead);
+        let others = gates
+            .into_iter()
+            .filter(|g| !g.direct_addrs.contains(&dead))
+            .map(|g| (g, false));
+        for (gate, rejoin) in others.chain(again.map(|g| (g, true))) {
             let Ok(client) = self.join_gate(&gate).await else {
                 continue;
             };
-            if client.gate_addr() == dead {
+            if client.gate_addr() == dead && !rejoin {
                 continue;
             }
             if let Ok(introduction) = client.introduce(peer, candidates.clone()).await {

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::client::{read_message, write_message};
 use super::limits::ByteBucket;
 use super::relay;
+use super::stream_listener;
 use crate::{Connection, ControlKind, Endpoint};
 
 /// Limits of a gate. Every table is bounded by them.
@@ -36,6 +37,16 @@ pub struct GateConfig {
     /// Registrations one IP address may make in a burst, refilled one per 6 s; more are
     /// refused with `RateLimited`.
     pub registrations_per_ip: u32,
+    /// Whether to accept stream links (TCP and WebSocket, for clients whose networks block
+    /// UDP) on the same port number as the UDP port. Default on.
+    pub stream_links: bool,
+    /// More addresses to accept stream links on (e.g. port 443, or behind a reverse proxy).
+    pub extra_link_addrs: Vec<SocketAddr>,
+    /// Most stream links open at once; more are closed at once and counted.
+    pub max_links: usize,
+    /// Most stream links open at once from one IP address, so one host cannot hold every slot.
+    /// Generous: a hotel or office NAT hides many clients behind one address.
+    pub max_links_per_ip: usize,
 }
 
 impl Default for GateConfig {
@@ -48,6 +59,10 @@ impl Default for GateConfig {
             max_channels_per_client: 64,
             relay_queue: 4096,
             registrations_per_ip: 10,
+            stream_links: true,
+            extra_link_addrs: Vec::new(),
+            max_links: 1024,
+            max_links_per_ip: 128,
         }
     }
 }
@@ -83,6 +98,11 @@ crate::metrics::counter_set! {
     frames_rate_limited,
     /// Observation requests answered on the second port.
     observations,
+    /// Stream links (TCP or WebSocket) accepted.
+    links_accepted,
+    /// Stream links refused: over `max_links` or `max_links_per_ip`, or not a link (wrong
+    /// preamble, bad upgrade, too slow to start).
+    links_refused,
 }
 
 impl Counters {
@@ -97,6 +117,16 @@ pub(crate) struct Session {
     pub(crate) bucket: ByteBucket,
     notify: mpsc::Sender<GateMessage>,
     channels: Vec<u32>,
+    /// Whether the client reaches us over a stream link: its address then is the link's, no
+    /// candidate for anyone's UDP.
+    over_link: bool,
+}
+
+impl Session {
+    /// The address to hand to peers as a candidate for reaching this client directly.
+    fn candidate(&self) -> Option<SocketAddr> {
+        (!self.over_link).then_some(self.addr)
+    }
 }
 
 /// Two sessions joined by the gate.
@@ -132,6 +162,7 @@ impl State {
 pub struct Gate {
     state: Arc<State>,
     observation_addr: SocketAddr,
+    link_addrs: Vec<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -166,17 +197,43 @@ impl Gate {
         let relay_channel = endpoint.control_channel(ControlKind::Relay, state.config.relay_queue);
         let mut tasks = vec![tokio::spawn(relay::run(state.clone(), relay_channel))];
         tasks.push(tokio::spawn(observe(state.clone(), observer)));
+        let mut link_addrs = Vec::new();
+        if state.config.stream_links {
+            let mut addrs = vec![main];
+            addrs.extend(state.config.extra_link_addrs.iter().copied());
+            for addr in addrs {
+                // Failing loudly beats a gate that silently serves no one behind a UDP block.
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot accept TCP links on {addr} (GateConfig::stream_links): {e}"
+                        ),
+                    )
+                })?;
+                link_addrs.push(listener.local_addr()?);
+                let socket = endpoint.socket_handle().clone();
+                tasks.push(tokio::spawn(stream_listener::listen(
+                    state.clone(),
+                    socket,
+                    listener,
+                )));
+            }
+        }
         let serving = state.clone();
+        let links = endpoint.socket_handle().links.clone();
         let port = observation_addr.port();
         endpoint
             .register(GATE_ALPN.to_vec(), move |conn: Connection| {
                 let state = serving.clone();
-                async move { serve_client(state, conn, port).await }
+                let links = links.clone();
+                async move { serve_client(state, conn, port, &links).await }
             })
             .map_err(std::io::Error::other)?;
         Ok(Self {
             state,
             observation_addr,
+            link_addrs,
             tasks,
         })
     }
@@ -189,6 +246,11 @@ impl Gate {
     /// The second port's address.
     pub fn observation_addr(&self) -> SocketAddr {
         self.observation_addr
+    }
+
+    /// Where stream links (TCP and WebSocket) are accepted; empty if they are off.
+    pub fn link_addrs(&self) -> &[SocketAddr] {
+        &self.link_addrs
     }
 
     /// Clients registered now.
@@ -219,7 +281,12 @@ async fn observe(state: Arc<State>, socket: tokio::net::UdpSocket) {
 /// Requests from one client read but not yet handled; the reader waits when it is full.
 const CLIENT_REQUEST_QUEUE: usize = 8;
 
-async fn serve_client(state: Arc<State>, conn: Connection, observation_port: u16) {
+async fn serve_client(
+    state: Arc<State>,
+    conn: Connection,
+    observation_port: u16,
+    links: &crate::socket::links::Links,
+) {
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
     };
@@ -231,8 +298,17 @@ async fn serve_client(state: Arc<State>, conn: Connection, observation_port: u16
     };
     let node = conn.remote_node_id();
     let addr = conn.remote_address();
+    // A client over a stream link is seen at the TCP connection's far end.
+    let link_peer = links.peer_of(&addr);
+    let seen = link_peer.unwrap_or(addr);
     let (notify, mut introductions) = mpsc::channel(16);
-    let session = match admit(&state, node, addr, notify) {
+    let client = Client {
+        node,
+        addr,
+        seen_ip: seen.ip(),
+        over_link: link_peer.is_some(),
+    };
+    let session = match admit(&state, client, notify) {
         Ok(session) => session,
         Err(code) => {
             let _ = write_message(
@@ -250,7 +326,7 @@ async fn serve_client(state: Arc<State>, conn: Connection, observation_port: u16
     };
     let registered = GateMessage::Registered {
         session,
-        observed: addr,
+        observed: seen,
         observation_port,
         relay_bytes_per_second: state.config.relay_bytes_per_second,
     };
@@ -286,12 +362,27 @@ async fn serve_client(state: Arc<State>, conn: Connection, observation_port: u16
     leave(&state, session);
 }
 
+/// Who asks to register.
+struct Client {
+    node: NodeId,
+    /// Where its datagrams come from (for a stream link, the link's address).
+    addr: SocketAddr,
+    /// Its IP address as seen (for a stream link, the TCP connection's), for the rate limit.
+    seen_ip: IpAddr,
+    over_link: bool,
+}
+
 fn admit(
     state: &State,
-    node: NodeId,
-    addr: SocketAddr,
+    client: Client,
     notify: mpsc::Sender<GateMessage>,
 ) -> Result<u64, RefusalCode> {
+    let Client {
+        node,
+        addr,
+        seen_ip,
+        over_link,
+    } = client;
     let config = &state.config;
     let counters = &state.counters;
     if config
@@ -312,7 +403,7 @@ fn admit(
     let burst = config.registrations_per_ip.max(1);
     let bucket = sessions
         .registrations
-        .entry(addr.ip())
+        .entry(seen_ip)
         .or_insert_with(|| ByteBucket::new(1, burst * 6, now));
     // One "byte" per 6 s of refill: `burst` registrations, then one every 6 s.
     if !bucket.take(6, now) {
@@ -342,6 +433,7 @@ fn admit(
             bucket,
             notify,
             channels: Vec::new(),
+            over_link,
         },
     );
     sessions.by_node.insert(node, id);
@@ -367,7 +459,7 @@ fn introduce(state: &State, asking: u64, peer: NodeId, candidates: Vec<SocketAdd
         return;
     }
     let existing = a.channels.iter().copied().find(|c| b.channels.contains(c));
-    let (a_node, a_addr, b_node, b_addr) = (a.node, a.addr, b.node, b.addr);
+    let (a_node, a_addr, b_node, b_addr) = (a.node, a.candidate(), b.node, b.candidate());
     let channel = match existing {
         Some(channel) => channel,
         None => {
@@ -396,7 +488,7 @@ fn introduce(state: &State, asking: u64, peer: NodeId, candidates: Vec<SocketAdd
     Counters::inc(&state.counters.introductions);
     // Each side learns the other's announced candidates, then its reflexive address as seen here.
     let mut for_peer = candidates;
-    for_peer.push(a_addr);
+    for_peer.extend(a_addr);
     let to_peer = GateMessage::Introduction {
         channel,
         peer: a_node,
@@ -405,7 +497,7 @@ fn introduce(state: &State, asking: u64, peer: NodeId, candidates: Vec<SocketAdd
     let to_asking = GateMessage::Introduction {
         channel,
         peer: b_node,
-        candidates: vec![b_addr],
+        candidates: b_addr.into_iter().collect(),
     };
     if let Some(s) = sessions.by_id.get(&peer_id) {
         let _ = s.notify.try_send(to_peer);

@@ -3,14 +3,16 @@
 
 pub(crate) mod congestion;
 mod control;
+pub(crate) mod links;
 pub(crate) mod paths;
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV6};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use keywire_proto::datagram::DatagramClass;
@@ -38,6 +40,13 @@ pub(crate) struct KeywireSocket {
     /// QUIC packets unwrapped from relay frames, waiting to be handed to quinn under their
     /// path's virtual address. Bounded; when full, frames are dropped and counted.
     relayed: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// Addresses reached over TCP or WebSocket instead of UDP.
+    pub(crate) links: Arc<links::Links>,
+    /// quinn's receive task, woken when a link delivers a packet for it (links are read on
+    /// their own tasks, not in `poll_recv`).
+    receiver: Mutex<Option<Waker>>,
+    /// Whether the next `poll_recv` serves the inbox before the UDP socket (they alternate).
+    inbox_first: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -64,9 +73,12 @@ impl KeywireSocket {
         Ok(Self {
             inner,
             ipv6,
-            paths,
             control: ControlRouter::new(metrics.clone()),
             relayed: Mutex::default(),
+            links: Arc::new(links::Links::new(paths.clone(), metrics.clone())),
+            receiver: Mutex::default(),
+            inbox_first: AtomicBool::new(true),
+            paths,
             metrics,
         })
     }
@@ -113,6 +125,9 @@ impl KeywireSocket {
     ) -> io::Result<()> {
         /// A socket that stays unwritable this often is congested; control traffic yields.
         const CONTROL_SEND_TRIES: usize = 4;
+        if self.links.send(real, contents, segment).is_some() {
+            return Ok(());
+        }
         let transmit = Transmit {
             destination: self.socket_destination(real),
             ecn: None,
@@ -145,6 +160,14 @@ fn canonical_addr_keep_wildcard(addr: SocketAddr) -> SocketAddr {
     } else {
         canonical_addr(addr)
     }
+}
+
+/// The size of each datagram in `transmit` (all but the last; quinn's GSO batches).
+fn segment_of(transmit: &Transmit) -> usize {
+    transmit
+        .segment_size
+        .unwrap_or(transmit.contents.len())
+        .max(1)
 }
 
 /// Whether a QUIC datagram may open a new path: a long-header Initial packet (RFC 9000 §17.2.2:
@@ -185,6 +208,12 @@ impl AsyncUdpSocket for KeywireSocket {
                 return Ok(());
             }
         };
+        if let Some(()) = self
+            .links
+            .send(real, transmit.contents, segment_of(transmit))
+        {
+            return Ok(());
+        }
         let transmit = Transmit {
             destination: self.socket_destination(real),
             ecn: transmit.ecn,
@@ -202,13 +231,30 @@ impl AsyncUdpSocket for KeywireSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        // Relayed packets unwrapped during an earlier batch go first.
-        let waiting = self.drain_relayed(bufs, meta, 0);
-        if waiting > 0 {
-            return Poll::Ready(Ok(waiting));
-        }
+        // Packets waiting in the inbox (relayed ones unwrapped during an earlier batch, or
+        // delivered by a link) and the UDP socket take turns going first, so that a busy link
+        // cannot starve UDP, nor busy UDP the inbox (which also fills the batch's free entries).
+        let mut inbox_first = self.inbox_first.fetch_xor(true, Ordering::Relaxed);
         loop {
-            let received = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            if inbox_first {
+                let waiting = self.drain_relayed(bufs, meta, 0);
+                if waiting > 0 {
+                    return Poll::Ready(Ok(waiting));
+                }
+            }
+            inbox_first = true;
+            let received = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    *self.receiver.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(cx.waker().clone());
+                    // A link may have delivered between the drain and the registration.
+                    if self.has_relayed() {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            };
             let kept = self.sort_batch(bufs, meta, received);
             let total = self.drain_relayed(bufs, meta, kept);
             if total > 0 {
@@ -330,6 +376,59 @@ impl KeywireSocket {
         }
     }
 
+    fn has_relayed(&self) -> bool {
+        !self
+            .relayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Handles a datagram a link delivered as if it had come from `from` over UDP: control
+    /// packets go to their protocol, QUIC to quinn (waking its receive task).
+    pub(crate) fn deliver_from_link(&self, from: SocketAddr, mut datagram: Vec<u8>) {
+        let now = Instant::now();
+        Metrics::inc(&self.metrics.link_datagrams_received);
+        let mut sink = control::Sink {
+            socket: self,
+            from,
+            now,
+        };
+        let len = datagram.len();
+        let len = gro::keep_quic(&mut datagram, len, 0, &mut sink);
+        if len > 0 {
+            datagram.truncate(len);
+            match self.paths.for_source(from, opens_path(&datagram), now) {
+                Ok(virtual_addr) => self.queue_for_quinn(virtual_addr, datagram),
+                Err(Refusal::NotInitial | Refusal::NotOurGate) => {
+                    Metrics::inc(&self.metrics.quic_from_unknown_source)
+                }
+                Err(Refusal::Full) => Metrics::inc(&self.metrics.path_table_full),
+            }
+        }
+        // A relay frame for one of our paths was queued by the sink, or a QUIC packet above.
+        if self.has_relayed() {
+            if let Some(waker) = self
+                .receiver
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Queues a packet for quinn under `virtual_addr`; dropped and counted when the inbox is full.
+    fn queue_for_quinn(&self, virtual_addr: SocketAddr, packet: Vec<u8>) {
+        let mut inbox = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        if inbox.len() < RELAYED_INBOX {
+            inbox.push_back((virtual_addr, packet));
+        } else {
+            Metrics::inc(&self.metrics.relayed_inbox_full);
+        }
+    }
+
     /// Moves waiting relayed packets into the free entries after `used`; returns the new count.
     fn drain_relayed(
         &self,
@@ -383,6 +482,9 @@ impl KeywireSocket {
             }
             .encode(&mut out);
         }
+        if let Some(()) = self.links.send(gate, &out, segment + RELAY_HEADER_LEN) {
+            return Ok(());
+        }
         let wrapped = Transmit {
             destination: self.socket_destination(gate),
             ecn: transmit.ecn,
@@ -395,160 +497,4 @@ impl KeywireSocket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::future::poll_fn;
-    use std::time::Duration;
-
-    fn socket() -> (Arc<KeywireSocket>, Arc<Metrics>, SocketAddr) {
-        let std_socket = crate::udp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = std_socket.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let paths = Arc::new(PathTable::new(16, Duration::from_secs(60)));
-        (
-            Arc::new(KeywireSocket::new(std_socket, paths, metrics.clone()).unwrap()),
-            metrics,
-            addr,
-        )
-    }
-
-    async fn recv_one(socket: &KeywireSocket) -> (RecvMeta, Vec<u8>) {
-        let mut storage = vec![0u8; 65536 * 4];
-        let mut bufs: Vec<IoSliceMut> = storage.chunks_mut(65536).map(IoSliceMut::new).collect();
-        let mut meta = vec![RecvMeta::default(); bufs.len()];
-        let n = tokio::time::timeout(
-            Duration::from_secs(5),
-            poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta)),
-        )
-        .await
-        .expect("a datagram for quinn within 5 s")
-        .unwrap();
-        assert!(n >= 1);
-        (meta[0], bufs[0][..meta[0].len].to_vec())
-    }
-
-    #[tokio::test]
-    async fn quinn_sees_virtual_addresses_and_no_real_destination() {
-        let (socket, metrics, addr) = socket();
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // A short-header packet from an unknown source cannot open a path: dropped, counted.
-        peer.send_to(&[0x40; 100], addr).unwrap();
-        // Neither can a long-header packet that is too short for an Initial.
-        peer.send_to(&[0xC0; 100], addr).unwrap();
-        // Control and STUN packets never reach quinn.
-        peer.send_to(&[0x10, 1, 2, 3], addr).unwrap();
-        peer.send_to(&[0x00, 1], addr).unwrap();
-        let mut initial = vec![0xC3u8; 1200];
-        initial[1] = 7;
-        peer.send_to(&initial, addr).unwrap();
-        let (meta, data) = recv_one(&socket).await;
-        assert_eq!(data, initial, "only the Initial reaches quinn");
-        assert!(paths::is_virtual(&meta.addr), "quinn saw {}", meta.addr);
-        assert_eq!(meta.dst_ip, None);
-        assert_eq!(
-            meta.ecn, None,
-            "no ECN reported for a packet that carried none"
-        );
-        assert_eq!(
-            socket.paths.real_for(&meta.addr),
-            Some(peer.local_addr().unwrap())
-        );
-        let m = metrics.snapshot();
-        assert_eq!(m.quic_from_unknown_source, 2);
-        assert_eq!(m.control_unknown, 1, "no channel claimed probes");
-        assert_eq!(m.stun_ignored, 1);
-
-        // Once the path exists, short-header packets from it go through.
-        peer.send_to(&[0x41, 9, 9], addr).unwrap();
-        let (meta2, data2) = recv_one(&socket).await;
-        assert_eq!((meta2.addr, data2), (meta.addr, vec![0x41, 9, 9]));
-    }
-
-    #[tokio::test]
-    async fn sends_go_to_the_real_address_and_unknown_ones_are_counted() {
-        let (socket, metrics, _) = socket();
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let virtual_addr = socket
-            .paths
-            .for_dial(peer.local_addr().unwrap(), Instant::now())
-            .unwrap();
-        // As quinn does: wait until the socket is writable before the first send.
-        let mut poller = socket.clone().create_io_poller();
-        poll_fn(|cx| poller.as_mut().poll_writable(cx))
-            .await
-            .unwrap();
-        let transmit = Transmit {
-            destination: virtual_addr,
-            ecn: None,
-            contents: &[0x42, 1, 2],
-            segment_size: None,
-            src_ip: None,
-        };
-        socket.try_send(&transmit).unwrap();
-        let mut buf = [0u8; 16];
-        let (n, _) = peer.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &[0x42, 1, 2]);
-
-        let unknown: SocketAddr = "[fd6b:7769:7265::ffff]:1".parse().unwrap();
-        let transmit = Transmit {
-            destination: unknown,
-            ecn: None,
-            contents: &[0x42],
-            segment_size: None,
-            src_ip: None,
-        };
-        socket
-            .try_send(&transmit)
-            .expect("a datagram with no path is dropped, not an error");
-        assert_eq!(metrics.snapshot().send_no_path, 1);
-    }
-
-    #[tokio::test]
-    async fn socket_capabilities_pass_through() {
-        let (socket, _, _) = socket();
-        assert_eq!(socket.may_fragment(), socket.inner.may_fragment());
-        assert_eq!(
-            socket.max_transmit_segments(),
-            socket.inner.max_transmit_segments()
-        );
-        assert_eq!(
-            socket.max_receive_segments(),
-            socket.inner.max_receive_segments()
-        );
-        assert!(
-            socket.local_addr().unwrap().is_ipv6(),
-            "quinn must see an IPv6 socket"
-        );
-        assert!(socket.real_local_addr().unwrap().is_ipv4());
-    }
-
-    #[tokio::test]
-    async fn control_channel_round_trip() {
-        let (socket, metrics, addr) = socket();
-        let mut rx = socket
-            .control
-            .register(keywire_proto::datagram::ControlKind::Probe, 4);
-        // Control packets are dispatched while quinn polls the socket; stand in for quinn.
-        let receiving = socket.clone();
-        let driver = tokio::spawn(async move { recv_one(&receiving).await });
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        peer.send_to(&[0x10, 1, b'h', b'i'], addr).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.from, peer.local_addr().unwrap());
-        assert_eq!(&got.payload[..], b"hi");
-        assert_eq!(metrics.snapshot().control_received, 1);
-        socket
-            .send_control(peer.local_addr().unwrap(), &[0x10, 1, b'o', b'k'])
-            .await
-            .unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 8];
-        let (n, _) = peer.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &[0x10, 1, b'o', b'k']);
-        driver.abort();
-    }
-}
+mod tests;

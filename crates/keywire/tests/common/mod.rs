@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keywire::{Endpoint, EndpointConfig, NetworkId, NodeAddr, SecretKey};
@@ -73,4 +74,55 @@ pub async fn read_hashed(conn: &keywire::Connection) -> (usize, blake3::Hash) {
         total += chunk.bytes.len();
     }
     (total, hasher.finalize())
+}
+
+/// A UDP forwarder between one client and a target set once, that can be cut.
+pub struct Forwarder {
+    pub front: SocketAddr,
+    /// Until set, datagrams to `front` are dropped (as by a firewall).
+    pub target: Arc<std::sync::OnceLock<SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    pub async fn start(front_bind: &str, back_bind: &str) -> Self {
+        let target = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+        let target_for_task = target.clone();
+        let front = Arc::new(tokio::net::UdpSocket::bind(front_bind).await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind(back_bind).await.unwrap());
+        let front_addr = front.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let client = Arc::new(tokio::sync::Mutex::new(None::<SocketAddr>));
+            let inbound = {
+                let (front, back, client) = (front.clone(), back.clone(), client.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                        *client.lock().await = Some(from);
+                        if let Some(target) = target_for_task.get() {
+                            let _ = back.send_to(&buf[..n], *target).await;
+                        }
+                    }
+                }
+            };
+            let outbound = async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                    if let Some(to) = *client.lock().await {
+                        let _ = front.send_to(&buf[..n], to).await;
+                    }
+                }
+            };
+            tokio::join!(inbound, outbound);
+        });
+        Self {
+            front: front_addr,
+            target,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.task.abort();
+    }
 }

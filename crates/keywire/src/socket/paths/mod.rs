@@ -117,6 +117,9 @@ struct Tables {
     gates: HashMap<SocketAddr, GateEntry>,
     next_id: u64,
     next_lease: u64,
+    /// Next hops reached over a stream link (TCP or WebSocket) rather than UDP; a path through
+    /// one reports itself so ([`crate::Path`]).
+    stream_linked: std::collections::HashSet<SocketAddr>,
     /// Removed paths, dropped only once the lock is released: dropping a path drops quinn
     /// connection handles, and quinn takes its own locks then (see `PathTable::unlock`).
     graveyard: Vec<Path>,
@@ -125,7 +128,9 @@ struct Tables {
 #[derive(Debug)]
 struct GateEntry {
     session: u64,
-    observed: SocketAddr,
+    /// Where the gate sees us, unless we reach it over a stream link (a TCP address is no
+    /// candidate for UDP).
+    observed: Option<SocketAddr>,
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -354,7 +359,7 @@ impl PathTable {
         &self,
         gate: SocketAddr,
         session: u64,
-        observed: SocketAddr,
+        observed: Option<SocketAddr>,
         alive: Arc<std::sync::atomic::AtomicBool>,
     ) {
         let entry = GateEntry {
@@ -371,6 +376,22 @@ impl PathTable {
             .gates
             .get(gate)
             .is_some_and(|g| g.alive.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Records whether datagrams to `next_hop` travel over a stream link.
+    pub(crate) fn set_stream_linked(&self, next_hop: SocketAddr, linked: bool) {
+        let mut t = self.lock();
+        if linked {
+            t.stream_linked.insert(next_hop);
+        } else {
+            t.stream_linked.remove(&next_hop);
+        }
+    }
+
+    /// How `route` looks to the application: [`Route`] plus whether its next hop is a stream link.
+    pub(crate) fn path_of_route(&self, route: Route) -> crate::Path {
+        let over_stream = self.lock().stream_linked.contains(&route.next_hop());
+        crate::Path::from_route(route, over_stream)
     }
 
     /// The relay `virtual_addr` falls back to.
@@ -403,7 +424,12 @@ impl PathTable {
 
     /// Our addresses as the gates we use see them (reflexive candidates).
     pub(crate) fn gate_observed_addrs(&self) -> Vec<SocketAddr> {
-        let mut addrs: Vec<SocketAddr> = self.lock().gates.values().map(|g| g.observed).collect();
+        let mut addrs: Vec<SocketAddr> = self
+            .lock()
+            .gates
+            .values()
+            .filter_map(|g| g.observed)
+            .collect();
         addrs.sort();
         addrs.dedup();
         addrs

@@ -29,7 +29,7 @@ fn relay_frames_only_from_our_gates_with_our_session() {
         table.for_relayed(gate, 5, 1, true, now),
         Err(Refusal::NotOurGate)
     );
-    table.add_gate(gate, 5, real(70), Arc::default());
+    table.add_gate(gate, 5, Some(real(70)), Arc::default());
     assert_eq!(
         table.for_relayed(gate, 6, 1, true, now),
         Err(Refusal::NotOurGate)

@@ -1,0 +1,195 @@
+//! Stream links: a TCP connection (raw, or WebSocket) that carries the socket's datagrams for
+//! one address when UDP is blocked. [`run`] moves datagrams between the stream and the socket;
+//! `dial` opens one to a gate (directly or through an HTTP CONNECT proxy); the gate's side
+//! accepts them in `gate::stream_listener`. Framing: `keywire_proto::link`.
+
+pub(crate) mod dial;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use keywire_proto::link::{framing, websocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub(crate) use crate::socket::links::Framing;
+use crate::socket::KeywireSocket;
+
+pub use dial::{GateLinkConfig, GateLinkMode, LinkError};
+
+/// A link that carried nothing for this long is dead: every QUIC connection over it sends a
+/// keep-alive at least every 10 s (the default), so a minute of silence means the far end is
+/// gone without closing (a dropped NAT or proxy mapping), and its table entry must go.
+const LINK_IDLE: Duration = Duration::from_secs(60);
+/// Most framed bytes written to the stream in one write (batching small datagrams).
+const WRITE_BATCH: usize = 64 << 10;
+/// Bytes read from the stream in one go.
+const READ_CHUNK: usize = 16 << 10;
+
+/// Carries `addr`'s datagrams over `stream` until either side ends it or it goes idle. The
+/// address goes back to UDP when this returns (or is aborted).
+pub(crate) async fn run(
+    socket: Arc<KeywireSocket>,
+    addr: SocketAddr,
+    stream: TcpStream,
+    framing: Framing,
+) {
+    // Datagrams are small and latency-bound (QUIC's ACKs pace the sender): no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (outgoing, _registration) = socket.links.add(addr, peer, framing);
+    let (read, write) = stream.into_split();
+    tokio::select! {
+        _ = write_loop(write, outgoing) => {}
+        _ = read_loop(&socket, addr, read, framing) => {}
+    }
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Vec<u8>>) {
+    let mut out = Vec::with_capacity(WRITE_BATCH);
+    while let Some(first) = outgoing.recv().await {
+        out.clear();
+        out.extend_from_slice(&first);
+        while out.len() < WRITE_BATCH {
+            match outgoing.try_recv() {
+                Ok(more) => out.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads frames until the stream ends, breaks its framing or goes idle.
+async fn read_loop(
+    socket: &KeywireSocket,
+    addr: SocketAddr,
+    mut read: OwnedReadHalf,
+    framing: Framing,
+) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut reassembly = websocket::Reassembly::default();
+    loop {
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout(LINK_IDLE, read.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        let more = match framing {
+            Framing::Raw => take_raw(socket, addr, &mut buf),
+            Framing::WebSocket { client } => {
+                take_websocket(socket, addr, &mut buf, client, &mut reassembly)
+            }
+        };
+        if !more {
+            return;
+        }
+    }
+}
+
+/// Delivers every whole raw frame in `buf`; false if the stream is broken.
+fn take_raw(socket: &KeywireSocket, addr: SocketAddr, buf: &mut BytesMut) -> bool {
+    loop {
+        match framing::decode(buf) {
+            Ok(Some((datagram, used))) => {
+                socket.deliver_from_link(addr, datagram.to_vec());
+                buf.advance(used);
+            }
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Handles every whole WebSocket frame in `buf`; false if the link must end.
+fn take_websocket(
+    socket: &KeywireSocket,
+    addr: SocketAddr,
+    buf: &mut BytesMut,
+    client: bool,
+    reassembly: &mut websocket::Reassembly,
+) -> bool {
+    use websocket::{Opcode, WsEvent};
+    let mask = || client.then(rand::random::<[u8; 4]>);
+    loop {
+        let frame = match websocket::decode(buf, !client) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return true,
+            Err(_) => return false,
+        };
+        let event = reassembly.handle_frame(&frame, &buf[frame.payload.clone()]);
+        buf.advance(frame.consumed);
+        match event {
+            Ok(WsEvent::Datagram(datagram)) => socket.deliver_from_link(addr, datagram),
+            Ok(WsEvent::Ping(payload)) => {
+                let mut pong = Vec::new();
+                if websocket::encode(Opcode::Pong, &payload, mask(), &mut pong).is_ok() {
+                    socket.links.send_framed(addr, pong);
+                }
+            }
+            Ok(WsEvent::Nothing) => {}
+            Ok(WsEvent::Close) | Err(_) => {
+                let mut close = Vec::new();
+                let _ = websocket::encode(Opcode::Close, &[], mask(), &mut close);
+                socket.links.send_framed(addr, close);
+                return false;
+            }
+        }
+    }
+}
+
+/// `Sec-WebSocket-Accept` for `key`: base64(SHA-1(key + GUID)) (RFC 6455 §4.2.2). SHA-1 comes
+/// from ring, the one crypto provider; it serves here as the RFC's fixed handshake check, not
+/// for security.
+pub(crate) fn websocket_accept(key: &str) -> String {
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(websocket::ACCEPT_GUID.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    websocket::base64(digest.as_ref())
+}
+
+/// Reads an HTTP head one byte at a time, so that nothing after it is taken from the stream,
+/// until `check` accepts or refuses it (at most `keywire_proto::link::http::MAX_HEAD` bytes).
+pub(crate) async fn read_head<T, E>(
+    stream: &mut TcpStream,
+    start: &[u8],
+    check: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> Result<T, LinkError>
+where
+    E: Into<LinkError>,
+{
+    let mut head = start.to_vec();
+    loop {
+        // Only a whole head (or one too long) is worth parsing.
+        if head.ends_with(b"\r\n\r\n") || head.len() >= keywire_proto::link::http::MAX_HEAD {
+            if let Some(done) = check(&head).map_err(Into::into)? {
+                return Ok(done);
+            }
+        }
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(LinkError::Closed);
+        }
+        head.push(byte[0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn websocket_accept_of_the_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            super::websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}
