@@ -63,9 +63,13 @@ fn relayed_then_direct(name: &str, connector_options: &[&str], expected_start: &
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
+    // A port free for TCP too: the connector may reach the gate over TCP on its UDP port's number.
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let port = keywire::bench_support::free_tcp_and_udp_port(ip).unwrap();
+    let bind = format!("127.0.0.1:{port}");
     let mut gate = Reaper(
         keywire(&dir, "gate.key")
-            .args(["gate", "--bind", "127.0.0.1:0", "--report-every", "0"])
+            .args(["gate", "--bind", &bind, "--report-every", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

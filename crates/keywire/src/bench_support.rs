@@ -87,3 +87,20 @@ pub async fn plain_connect(
         .connect_with(client, addr, &server_name(node))?
         .await?)
 }
+
+/// A port number free for both TCP and UDP on `ip` a moment ago, for a gate in a test or
+/// benchmark that must accept TCP links on its UDP port's number (an OS-picked UDP port may be
+/// taken for TCP; see `GateConfig::stream_links`). Gives up after 64 tries.
+pub fn free_tcp_and_udp_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    for _ in 0..64 {
+        let tcp = std::net::TcpListener::bind((ip, 0))?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no port free for both TCP and UDP on {ip} in 64 tries"),
+    ))
+}

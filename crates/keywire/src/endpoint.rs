@@ -41,6 +41,8 @@ pub struct Endpoint {
 
 struct Inner {
     quinn: quinn::Endpoint,
+    /// The port was left to the operating system (bind address port 0).
+    ephemeral_port: bool,
     secret_key: SecretKey,
     node_id: NodeId,
     network: NetworkId,
@@ -81,6 +83,11 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// Whether the UDP port was picked by the operating system (bound with port 0).
+    pub(crate) fn has_ephemeral_port(&self) -> bool {
+        self.inner.ephemeral_port
+    }
+
     /// Binds the UDP socket and starts accepting connections.
     pub fn bind(config: EndpointConfig) -> Result<Self, BindError> {
         config.validate().map_err(BindError::InvalidConfig)?;
@@ -178,6 +185,7 @@ impl Endpoint {
         let endpoint = Self {
             inner: Arc::new(Inner {
                 quinn,
+                ephemeral_port: config.bind_addr.port() == 0,
                 node_id: config.secret_key.node_id(),
                 secret_key: config.secret_key,
                 network: config.network,

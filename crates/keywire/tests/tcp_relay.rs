@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn fast_gate() -> (Endpoint, Gate) {
-    let endpoint = bind(config());
+    let endpoint = bind_for_gate(config(), "127.0.0.1");
     let mut gate_config = GateConfig::default();
     gate_config.relay_bytes_per_second = 1 << 30;
     gate_config.relay_burst = 16 << 20;
@@ -180,7 +180,7 @@ async fn two_tcp_clients_reach_each_other_over_websocket() {
 
 #[tokio::test]
 async fn the_gate_closes_what_is_not_a_link_and_bounds_links_per_address() {
-    let endpoint = bind(config());
+    let endpoint = bind_for_gate(config(), "127.0.0.1");
     let mut gate_config = GateConfig::default();
     gate_config.max_links_per_ip = 2;
     let gate = Gate::spawn(&endpoint, gate_config).await.unwrap();
@@ -526,7 +526,7 @@ async fn when_udp_starts_working_a_tcp_relayed_connection_finds_the_direct_path(
     // 127.0.0.3, where a TCP forwarder passes links and a UDP forwarder on the gate's
     // observation port number drops everything at first; her one direct path to Bob is a
     // forwarder Bob announces, also dropping at first. Opening both is UDP starting to work.
-    let gate_node = bind(config().bind_addr("[::1]:0".parse().unwrap()));
+    let gate_node = bind_for_gate(config(), "::1");
     let _gate = Gate::spawn(&gate_node, GateConfig::default())
         .await
         .unwrap();
@@ -685,4 +685,30 @@ async fn a_tcp_client_that_stops_reading_does_not_slow_a_udp_relayed_pair() {
         "the pair slowed to {ratio:.2} of its speed while a TCP client stalled"
     );
     assert!(gate.metrics().frames_relayed > 10_000);
+}
+
+#[tokio::test]
+async fn a_taken_tcp_port_fails_a_chosen_gate_port_and_skips_tcp_on_an_os_picked_one() {
+    // OS-picked UDP port whose number is taken for TCP: the gate runs, without TCP links.
+    let endpoint = bind(config());
+    let udp = endpoint.local_addr().unwrap();
+    let _squatter =
+        std::net::TcpListener::bind(udp).expect("the UDP port's number is free for TCP");
+    let gate = Gate::spawn(&endpoint, GateConfig::default())
+        .await
+        .expect("an OS-picked port never fails the gate");
+    assert!(gate.link_addrs().is_empty(), "{:?}", gate.link_addrs());
+    drop(gate);
+
+    // A chosen port whose TCP twin is taken: a clear error, not a gate that serves no one.
+    let ip = "127.0.0.1".parse().unwrap();
+    let port = keywire::bench_support::free_tcp_and_udp_port(ip).unwrap();
+    let chosen = bind(config().bind_addr(SocketAddr::new(ip, port)));
+    let _squatter = std::net::TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+    let err = Gate::spawn(&chosen, GateConfig::default())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(err.to_string().contains("cannot accept TCP links"), "{err}");
 }

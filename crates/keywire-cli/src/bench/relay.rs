@@ -79,7 +79,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 /// default 4 MiB/s would measure the limit) and as many registrations from 127.0.0.1 as the
 /// trials need (the default refills one per 6 s).
 pub(super) async fn gate() -> anyhow::Result<(Endpoint, Gate)> {
-    let endpoint = Endpoint::bind(config(ALPN))?;
+    // A port free for TCP too: the TCP-relayed figures need links on the UDP port's number.
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let port = keywire::bench_support::free_tcp_and_udp_port(ip)?;
+    let endpoint = Endpoint::bind(config(ALPN).bind_addr(std::net::SocketAddr::new(ip, port)))?;
     let mut gate_config = GateConfig::default();
     gate_config.relay_bytes_per_second = 1 << 30;
     gate_config.relay_burst = 16 << 20;

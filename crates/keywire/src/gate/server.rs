@@ -38,7 +38,9 @@ pub struct GateConfig {
     /// refused with `RateLimited`.
     pub registrations_per_ip: u32,
     /// Whether to accept stream links (TCP and WebSocket, for clients whose networks block
-    /// UDP) on the same port number as the UDP port. Default on.
+    /// UDP) on the same port number as the UDP port. Default on. If that TCP port is taken,
+    /// `Gate::spawn` fails — unless the operating system picked the UDP port (bound with port
+    /// 0), in which case the gate runs without TCP there (see [`Gate::link_addrs`]).
     pub stream_links: bool,
     /// More addresses to accept stream links on (e.g. port 443, or behind a reverse proxy).
     pub extra_link_addrs: Vec<SocketAddr>,
@@ -202,15 +204,27 @@ impl Gate {
             let mut addrs = vec![main];
             addrs.extend(state.config.extra_link_addrs.iter().copied());
             for addr in addrs {
-                // Failing loudly beats a gate that silently serves no one behind a UDP block.
-                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot accept TCP links on {addr} (GateConfig::stream_links): {e}"
-                        ),
-                    )
-                })?;
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    // The OS picked the UDP port, and that number is taken for TCP (by any
+                    // outgoing connection, say): no TCP links on it. Nobody chose the port, so
+                    // no ticket promised TCP there; a gate meant for UDP-blocked clients runs
+                    // on a fixed port.
+                    Err(e) if addr == main && endpoint.has_ephemeral_port() => {
+                        tracing::warn!(%addr, error = %e, "no TCP links on the gate's OS-picked port");
+                        continue;
+                    }
+                    // A chosen port: failing loudly beats a gate that silently serves no one
+                    // behind a UDP block.
+                    Err(e) => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "cannot accept TCP links on {addr} (GateConfig::stream_links): {e}"
+                            ),
+                        ))
+                    }
+                };
                 link_addrs.push(listener.local_addr()?);
                 let socket = endpoint.socket_handle().clone();
                 tasks.push(tokio::spawn(stream_listener::listen(

@@ -24,6 +24,15 @@ pub fn bind(config: EndpointConfig) -> Endpoint {
     Endpoint::bind(config).expect("bind a loopback endpoint")
 }
 
+/// Binds `config` on `ip` at a port free for both UDP and TCP, for a gate that must accept TCP
+/// links on its UDP port's number.
+pub fn bind_for_gate(config: EndpointConfig, ip: &str) -> Endpoint {
+    let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+    let port =
+        keywire::bench_support::free_tcp_and_udp_port(ip).expect("a port free for TCP and UDP");
+    bind(config.bind_addr(SocketAddr::new(ip, port)))
+}
+
 pub fn addr_of(endpoint: &Endpoint) -> NodeAddr {
     NodeAddr::new(endpoint.node_id(), [endpoint.local_addr().unwrap()])
 }
