@@ -12,9 +12,9 @@
 //! exposes it only then), so it sends [`NetworkId::acceptor_token`] instead, bound to its own
 //! node id, in 0.5-RTT data with its handshake flight. That saves the dialer a round trip.
 //!
-//! A network id is a partition, not an access control: a peer that completes a handshake with a
-//! node can test guesses of a low-entropy id offline against its proof. Use a random id
-//! ([`NetworkId::from_bytes`]) where that matters.
+//! A network id is a partition, not an access control: any host that starts a handshake with a
+//! node gets its acceptor token and can test guesses of a low-entropy id offline against it.
+//! Use a random id ([`NetworkId::from_bytes`]) where that matters.
 
 use std::fmt;
 
