@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import routers
 from netns import log, nft, ns_run
 from peers import KeywireProc, bind_addr
-from runner import _median, base_row
+from runner import _median, base_row, exchange_problems
 from topology import Room
 
 GATE_HOSTS = [("gate1", "192.0.2.50", "2001:db8:200::50"),  # public hosts of their own
@@ -462,16 +462,9 @@ def run_gate_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.
             if l_moves:
                 t.listener_failover_ms = (l_moves[0] - t_act) * 1000.0  # receive time: an upper bound
         # -- verdict -----------------------------------------------------------------------
-        got_all = (listener.out_bytes == payload[1] and listener.out_hash.hexdigest() == payload[2]
-                   and dialer.out_bytes == reply[1] and dialer.out_hash.hexdigest() == reply[2])
-        t.completed = d_rc == 0 and l_rc == 0 and got_all
-        if d_rc != 0:
-            problems.append(f"dialer exit {d_rc}: {dialer.error_text()[:300]}")
-        if l_rc != 0:
-            problems.append(f"listener exit {l_rc}: {listener.error_text()[:300]}")
-        if not got_all:
-            problems.append(f"bytes: listener got {listener.out_bytes}/{payload[1]}, dialer got "
-                            f"{dialer.out_bytes}/{reply[1]} (or SHA-256 mismatch)")
+        transfer_problems = exchange_problems(dialer, listener, d_rc, l_rc, payload, reply)
+        t.completed = not transfer_problems
+        problems.extend(transfer_problems)
         if exp.start and t.connected and t.start != exp.start:
             problems.append(f"started {t.start}, expected {exp.start}")
         _, l_conn = listener.event("connected")
@@ -568,7 +561,8 @@ def summarize(pair, trials, rtt_ms):
     }
 
 
-COLUMNS = [
+# Columns every gate table starts and ends with; the middle is per mode.
+_HEAD = [
     ("pair", "pair", "{}"),
     ("trials", "trials", "{}"),
     ("connected", "conn", "{}"),
@@ -578,35 +572,27 @@ COLUMNS = [
     ("nat", "NAT d/l", "{}"),
     ("connect_rtt", "connect RTTs", "{:.1f}"),
     ("direct", "direct", "{}"),
+]
+_TAIL = [
+    ("mib_s", "MiB/s", "{:.1f}"),
+    ("expect", "expected", "{}"),
+    ("pass", "verdict", "{}"),
+]
+COLUMNS = _HEAD + [
     ("to_direct_rtt", "to-direct RTTs", "{:.1f}"),
     ("changes", "changes", "{:g}"),
     ("fallback_ms", "back-to-relay ms", "{:.0f}"),
     ("unblock_ms", "unblock-to-direct ms", "{:.0f}"),
-    ("mib_s", "MiB/s", "{:.1f}"),
-    ("expect", "expected", "{}"),
-    ("pass", "verdict", "{}"),
-]
+] + _TAIL
 LEFT = (0, 4, 5, 6, 14)
 
 # "failover" mode's table: the failover delays instead of the direct-path columns.
-FAILOVER_COLUMNS = [
-    ("pair", "pair", "{}"),
-    ("trials", "trials", "{}"),
-    ("connected", "conn", "{}"),
-    ("completed", "done", "{}"),
-    ("start", "start", "{}"),
-    ("final", "final", "{}"),
-    ("nat", "NAT d/l", "{}"),
-    ("connect_rtt", "connect RTTs", "{:.1f}"),
-    ("direct", "direct", "{}"),
+FAILOVER_COLUMNS = _HEAD + [
     ("changes", "changes", "{:g}"),
     ("failover_median_ms", "failover ms (median)", "{:.0f}"),
     ("failover_ms", "failover ms (max)", "{:.0f}"),
     ("listener_failover_ms", "listener follows ms (max)", "{:.0f}"),
-    ("mib_s", "MiB/s", "{:.1f}"),
-    ("expect", "expected", "{}"),
-    ("pass", "verdict", "{}"),
-]
+] + _TAIL
 FAILOVER_LEFT = (0, 4, 5, 6, 14)
 
 

@@ -126,9 +126,8 @@ def run_trial(lab, binary, pair, payload, reply, workdir, timeout_s=90.0):
             # in) quinn has only the handshake's, the first of which includes the listener's
             # first-handshake set-up in a fresh (debug) process.
             t.rtt_ms = done["rtt_ms"]
-        got_all = (listener.out_bytes == payload[1] and listener.out_hash.hexdigest() == payload[2]
-                   and dialer.out_bytes == reply[1] and dialer.out_hash.hexdigest() == reply[2])
-        t.completed = d_rc == 0 and l_rc == 0 and got_all
+        transfer_problems = exchange_problems(dialer, listener, d_rc, l_rc, payload, reply)
+        t.completed = not transfer_problems
         if fail_expected:
             err = dialer.error_text()
             _, l_conn = listener.event("connected")
@@ -138,14 +137,7 @@ def run_trial(lab, binary, pair, payload, reply, workdir, timeout_s=90.0):
                       f"expected failure with '{pair.expect.error_contains}', got dialer exit {d_rc}"
                       f", error {err[:200]!r}, listener connected {l_conn is not None}")
         else:
-            problems = []
-            if d_rc != 0:
-                problems.append(f"dialer exit {d_rc}: {dialer.error_text()[:200]}")
-            if l_rc != 0:
-                problems.append(f"listener exit {l_rc}: {listener.error_text()[:200]}")
-            if not got_all:
-                problems.append(f"bytes: listener got {listener.out_bytes}/{payload[1]}, "
-                                f"dialer got {dialer.out_bytes}/{reply[1]} (or hash mismatch)")
+            problems = list(transfer_problems)
             if t.path != "direct":
                 problems.append(f"path {t.path!r}, expected direct")
             r = pair.expect.rtt_ms_range
@@ -190,6 +182,20 @@ def base_row(pair, trials):
         "completed": sum(t.completed for t in trials),
         "as_expected": sum(t.as_expected for t in trials),
     }
+
+
+def exchange_problems(dialer, listener, d_rc, l_rc, payload, reply):
+    """What went wrong with a two-way transfer: exit codes, then bytes and hashes; [] if nothing."""
+    problems = []
+    if d_rc != 0:
+        problems.append(f"dialer exit {d_rc}: {dialer.error_text()[:300]}")
+    if l_rc != 0:
+        problems.append(f"listener exit {l_rc}: {listener.error_text()[:300]}")
+    if not (listener.out_bytes == payload[1] and listener.out_hash.hexdigest() == payload[2]
+            and dialer.out_bytes == reply[1] and dialer.out_hash.hexdigest() == reply[2]):
+        problems.append(f"bytes: listener got {listener.out_bytes}/{payload[1]}, dialer got "
+                        f"{dialer.out_bytes}/{reply[1]} (or hash mismatch)")
+    return problems
 
 
 def summarize(pair, trials, rtt_ms):

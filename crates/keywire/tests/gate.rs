@@ -22,13 +22,7 @@ async fn gate_with(config: GateConfig) -> (Endpoint, Gate) {
 async fn registration_reports_the_observed_address_and_a_second_port() {
     let (gate_node, gate) = gate_with(GateConfig::default()).await;
     let client = bind(config());
-    let registration = within(
-        10,
-        "register",
-        GateClient::register(&client, &addr_of(&gate_node)),
-    )
-    .await
-    .unwrap();
+    let registration = registered(&client, &gate_node).await;
     assert_eq!(
         registration.observed_addr(),
         client.local_addr().unwrap(),
@@ -75,12 +69,8 @@ async fn introductions_and_relayed_frames() {
     let (alice, bob) = (bind(config()), bind(config()));
     let mut alice_relay = alice.control_channel(ControlKind::Relay, 64);
     let mut bob_relay = bob.control_channel(ControlKind::Relay, 64);
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let b = registered(&bob, &gate_node).await;
 
     let candidate = "198.51.100.7:4242".parse().unwrap();
     let intro = within(10, "introduce", a.introduce(bob.node_id(), vec![candidate]))
@@ -185,12 +175,8 @@ async fn relay_budget_is_enforced() {
     let (alice, bob) = (bind(common::config()), bind(common::config()));
     let alice_relay = alice.control_channel(ControlKind::Relay, 64);
     let _bob_relay = bob.control_channel(ControlKind::Relay, 64);
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let _b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let _b = registered(&bob, &gate_node).await;
     let intro = a.introduce(bob.node_id(), vec![]).await.unwrap();
     for _ in 0..5 {
         alice_relay
@@ -221,9 +207,7 @@ async fn refusals_are_typed() {
         c.max_clients = 1;
     });
     let (gate_node, gate) = gate_with(allow).await;
-    let _ok = GateClient::register(&allowed, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let _ok = registered(&allowed, &gate_node).await;
     match GateClient::register(&stranger, &addr_of(&gate_node)).await {
         Err(GateError::Refused {
             code: RefusalCode::NotAllowed,
@@ -236,9 +220,7 @@ async fn refusals_are_typed() {
         c.max_clients = 1;
     }))
     .await;
-    let _first = GateClient::register(&allowed, &addr_of(&full_node))
-        .await
-        .unwrap();
+    let _first = registered(&allowed, &full_node).await;
     let err = GateClient::register(&stranger, &addr_of(&full_node))
         .await
         .unwrap_err();
@@ -258,9 +240,7 @@ async fn refusals_are_typed() {
         c.registrations_per_ip = 1;
     }))
     .await;
-    let _one = GateClient::register(&allowed, &addr_of(&busy_node))
-        .await
-        .unwrap();
+    let _one = registered(&allowed, &busy_node).await;
     let err = GateClient::register(&stranger, &addr_of(&busy_node))
         .await
         .unwrap_err();
@@ -314,12 +294,8 @@ async fn connections_through_the_relay_carry_streams_end_to_end() {
     // Relayed all the way: this test is about the relay (tests/upgrade.rs about going direct).
     let relay_only = || config().upgrade_to_direct(false);
     let (alice, bob) = (bind(relay_only()), bind(relay_only()));
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let b = registered(&bob, &gate_node).await;
     bob.use_gate(&b);
     let receiver = tokio::spawn({
         let bob = bob.clone();
@@ -375,9 +351,7 @@ async fn connections_through_the_relay_carry_streams_end_to_end() {
 async fn relayed_dial_to_an_unknown_peer_is_a_gate_error() {
     let (gate_node, _gate) = gate_with(GateConfig::default()).await;
     let alice = bind(config());
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
     let ghost = keywire::SecretKey::generate(&mut rand::rngs::OsRng).node_id();
     let err = alice.connect_via(ghost, ALPN, &a).await.unwrap_err();
     assert!(

@@ -108,20 +108,8 @@ async fn a_tcp_client_and_a_udp_client_reach_each_other_through_one_gate() {
     let (gate_node, gate) = fast_gate().await;
     let tcp = bind(tcp_only(GateLinkConfig::default()));
     let udp = bind(relay_only());
-    let t = within(
-        10,
-        "TCP registration",
-        GateClient::register(&tcp, &addr_of(&gate_node)),
-    )
-    .await
-    .unwrap();
-    let u = within(
-        10,
-        "UDP registration",
-        GateClient::register(&udp, &addr_of(&gate_node)),
-    )
-    .await
-    .unwrap();
+    let t = registered(&tcp, &gate_node).await;
+    let u = registered(&udp, &gate_node).await;
     assert!(t.over_stream_link() && !u.over_stream_link());
     assert!(
         t.observed_addr().ip().is_loopback(),
@@ -163,12 +151,8 @@ async fn two_tcp_clients_reach_each_other_over_websocket() {
     let (gate_node, _gate) = fast_gate().await;
     let ws = || tcp_only(GateLinkConfig::default().websocket(true));
     let (alice, bob) = (bind(ws()), bind(ws()));
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let b = registered(&bob, &gate_node).await;
     bob.use_gate(&b);
     let gate_addr = gate_node.local_addr().unwrap();
     let (mine, theirs, _) = relayed_transfer(&alice, &a, &bob, 4 << 20).await;
@@ -286,9 +270,7 @@ async fn a_client_whose_udp_gets_no_answer_falls_back_to_tcp_after_2_s() {
         "registered after {took:?}: the fall-back starts at 2 s and takes a few round trips"
     );
     let peer = bind(relay_only());
-    let p = GateClient::register(&peer, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let p = registered(&peer, &gate_node).await;
     peer.use_gate(&p);
     let (mine, theirs, _) = relayed_transfer(&blocked, &registration, &peer, 2 << 20).await;
     assert_eq!(mine, tcp_relayed(blackhole.addr));
@@ -398,12 +380,8 @@ async fn websocket_through_an_http_connect_proxy() {
         .http_proxy(proxy.addr.to_string());
     let behind_proxy = bind(tcp_only(link));
     let peer = bind(relay_only());
-    let b = GateClient::register(&behind_proxy, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let p = GateClient::register(&peer, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let b = registered(&behind_proxy, &gate_node).await;
+    let p = registered(&peer, &gate_node).await;
     peer.use_gate(&p);
     let gate_addr = gate_node.local_addr().unwrap();
     assert_eq!(
@@ -491,12 +469,8 @@ async fn a_tcp_relayed_connection_moves_to_udp_once_udp_works() {
     // UDP to the peer works on loopback; only the gate is reached over TCP.
     let alice = bind(config().gate_link(GateLinkConfig::default().mode(GateLinkMode::TcpOnly)));
     let bob = bind(config());
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let b = registered(&bob, &gate_node).await;
     bob.use_gate(&b);
     spawn_echo(bob.clone());
     let conn = within(
@@ -547,9 +521,7 @@ async fn when_udp_starts_working_a_tcp_relayed_connection_finds_the_direct_path(
             .bind_addr("[::1]:0".parse().unwrap())
             .announce(bob_path.front),
     );
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let b = registered(&bob, &gate_node).await;
     bob.use_gate(&b);
     spawn_echo(bob.clone());
 
@@ -609,12 +581,8 @@ async fn a_tcp_client_that_stops_reading_does_not_slow_a_udp_relayed_pair() {
     const SIZE: usize = 8 << 20;
     let (gate_node, gate) = fast_gate().await;
     let (alice, bob) = (bind(relay_only()), bind(relay_only()));
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let b = registered(&bob, &gate_node).await;
     bob.use_gate(&b);
 
     // The slow client reaches the gate over TCP through a proxy that can stop reading.
@@ -622,14 +590,10 @@ async fn a_tcp_client_that_stops_reading_does_not_slow_a_udp_relayed_pair() {
     let slow = bind(tcp_only(
         GateLinkConfig::default().http_proxy(proxy.addr.to_string()),
     ));
-    let s = GateClient::register(&slow, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let s = registered(&slow, &gate_node).await;
     // A sender floods it with relay frames at ~5 MB/s, no congestion control to hold it back.
     let flooder = bind(config());
-    let f = GateClient::register(&flooder, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let f = registered(&flooder, &gate_node).await;
     let channel = f.introduce(slow.node_id(), vec![]).await.unwrap().channel;
     let relay = flooder.control_channel(ControlKind::Relay, 16);
     let frame = frame_payload(f.session(), channel, &[0xC0; 1200]);

@@ -46,12 +46,8 @@ async fn transfer(
 async fn a_relayed_connection_goes_direct_and_the_stream_never_notices() {
     let (gate_node, gate) = gate_at("127.0.0.1:0").await;
     let (alice, bob) = (bind(config()), bind(config()));
-    let a = GateClient::register(&alice, &addr_of(&gate_node))
-        .await
-        .unwrap();
-    let b = GateClient::register(&bob, &addr_of(&gate_node))
-        .await
-        .unwrap();
+    let a = registered(&alice, &gate_node).await;
+    let b = registered(&bob, &gate_node).await;
     bob.use_gate(&b);
     let accepting = tokio::spawn({
         let bob = bob.clone();

@@ -12,7 +12,7 @@
 //! TCP reader costs only its own datagrams; quinn and every other client go on.
 
 use std::collections::HashMap;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -124,18 +124,7 @@ impl Links {
     /// A fresh address for a link a gate accepted.
     pub(crate) fn accepted_addr(&self) -> SocketAddr {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let [p0, p1, p2, p3] = LINK_PREFIX;
-        let ip = Ipv6Addr::new(
-            p0,
-            p1,
-            p2,
-            p3,
-            (id >> 48) as u16,
-            (id >> 32) as u16,
-            (id >> 16) as u16,
-            id as u16,
-        );
-        SocketAddr::new(ip.into(), 1)
+        super::synthetic_addr(LINK_PREFIX, id, 1)
     }
 
     /// Makes datagrams for `addr` go to a link (replacing an earlier one); returns the queue its

@@ -26,6 +26,16 @@ pub use control::{ControlChannel, ControlDatagram};
 use keywire_proto::gate::frame::{RelayFrame, RELAY_HEADER_LEN};
 use paths::{PathTable, Refusal, Route};
 use std::collections::VecDeque;
+
+/// An address that names something inside keywire, not a host: the 64-bit network `net`
+/// (in `fd6b:7769:7265::/48`, unique local), then `id` as the interface part.
+pub(crate) fn synthetic_addr(net: [u16; 4], id: u64, port: u16) -> SocketAddr {
+    let high = net
+        .iter()
+        .fold(0u64, |acc, part| (acc << 16) | u64::from(*part));
+    let ip = std::net::Ipv6Addr::from((u128::from(high) << 64) | u128::from(id));
+    SocketAddr::new(ip.into(), port)
+}
 use std::sync::Mutex;
 
 use crate::metrics::Metrics;

@@ -220,3 +220,12 @@ async fn control_channel_round_trip() {
     assert_eq!(&buf[..n], &[0x10, 1, b'o', b'k']);
     driver.abort();
 }
+
+#[test]
+fn synthetic_addresses_put_the_id_in_the_interface_part() {
+    let addr = super::synthetic_addr([0xfd6b, 0x7769, 0x7265, 1], 0x0102_0304_0506_0708, 1);
+    assert_eq!(
+        addr,
+        "[fd6b:7769:7265:1:102:304:506:708]:1".parse().unwrap()
+    );
+}

@@ -65,6 +65,17 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Outp
         .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
 }
 
+/// Registers `client` with the gate running on `gate`, within 10 s.
+pub async fn registered(client: &Endpoint, gate: &Endpoint) -> keywire::gate::GateClient {
+    within(
+        10,
+        "gate registration",
+        keywire::gate::GateClient::register(client, &addr_of(gate)),
+    )
+    .await
+    .expect("registers with the gate")
+}
+
 /// Accepts the next connection and its first unidirectional stream, and reads it to the end:
 /// returns how many bytes arrived and their BLAKE3 digest.
 pub async fn receive_hashed(endpoint: &Endpoint) -> (usize, blake3::Hash) {

@@ -10,7 +10,7 @@
 //! evicted (oldest first); if none is, the new address is refused and its packet dropped.
 
 use std::collections::HashMap;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -272,17 +272,7 @@ impl PathTable {
         t.next_id += 1;
         let id = t.next_id;
         let [p0, p1, p2] = VIRTUAL_PREFIX;
-        let ip = Ipv6Addr::new(
-            p0,
-            p1,
-            p2,
-            0,
-            (id >> 48) as u16,
-            (id >> 32) as u16,
-            (id >> 16) as u16,
-            id as u16,
-        );
-        let v = SocketAddr::new(ip.into(), VIRTUAL_PORT);
+        let v = super::synthetic_addr([p0, p1, p2, 0], id, VIRTUAL_PORT);
         t.by_virtual.insert(
             v,
             Path {
