@@ -167,8 +167,14 @@ async fn the_gate_closes_what_is_not_a_link_and_bounds_links_per_address() {
     let endpoint = bind_for_gate(config(), "127.0.0.1");
     let mut gate_config = GateConfig::default();
     gate_config.max_links_per_ip = 2;
+    let extra = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    gate_config.extra_link_addrs = vec![extra];
     let gate = Gate::spawn(&endpoint, gate_config).await.unwrap();
     let tcp_addr = gate.link_addrs()[0];
+    assert_eq!(gate.link_addrs()[1], extra);
     assert_eq!(
         tcp_addr,
         endpoint.local_addr().unwrap(),
@@ -194,7 +200,8 @@ async fn the_gate_closes_what_is_not_a_link_and_bounds_links_per_address() {
         .await
         .unwrap();
     assert!(answer(plain).await.starts_with("HTTP/1.1 400 "));
-    // Two links from one address are held; the third is closed at once.
+    // Two links from one address are held; the third is closed at once, also on the gate's
+    // other listener (the bounds are the gate's, not each listener's).
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut link = TcpStream::connect(tcp_addr).await.unwrap();
@@ -209,7 +216,7 @@ async fn the_gate_closes_what_is_not_a_link_and_bounds_links_per_address() {
         }
     })
     .await;
-    let third = TcpStream::connect(tcp_addr).await.unwrap();
+    let third = TcpStream::connect(extra).await.unwrap();
     assert_eq!(answer(third).await, "");
     let m = gate.metrics();
     assert_eq!((m.links_accepted, m.links_refused), (2, 3), "{m:?}");

@@ -44,10 +44,12 @@ pub struct GateConfig {
     pub stream_links: bool,
     /// More addresses to accept stream links on (e.g. port 443, or behind a reverse proxy).
     pub extra_link_addrs: Vec<SocketAddr>,
-    /// Most stream links open at once; more are closed at once and counted.
+    /// Most stream links open at once, over all link addresses; more are closed at once and
+    /// counted.
     pub max_links: usize,
-    /// Most stream links open at once from one IP address, so one host cannot hold every slot.
-    /// Generous: a hotel or office NAT hides many clients behind one address.
+    /// Most stream links open at once from one IP address (an IPv6 /64), so one host cannot
+    /// hold every slot. Generous: a hotel or office NAT hides many clients behind one address.
+    /// Behind a reverse proxy every client has the proxy's address: raise it there.
     pub max_links_per_ip: usize,
 }
 
@@ -201,6 +203,7 @@ impl Gate {
         tasks.push(tokio::spawn(observe(state.clone(), observer)));
         let mut link_addrs = Vec::new();
         if state.config.stream_links {
+            let limits = Arc::new(stream_listener::LinkLimits::new(state.config.max_links));
             let mut addrs = vec![main];
             addrs.extend(state.config.extra_link_addrs.iter().copied());
             for addr in addrs {
@@ -231,6 +234,7 @@ impl Gate {
                     state.clone(),
                     socket,
                     listener,
+                    limits.clone(),
                 )));
             }
         }

@@ -64,10 +64,41 @@ impl Drop for IpSlot {
     }
 }
 
+/// The gate's bounds on links, shared by all its listeners (the UDP port's number and any
+/// extra addresses), so that more listeners do not multiply them.
+pub(crate) struct LinkLimits {
+    slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+impl LinkLimits {
+    pub(crate) fn new(max_links: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_links)),
+            per_ip: Arc::new(PerIp::default()),
+        }
+    }
+}
+
+/// The part of an address that names one host for the per-address bound: an IPv4 address, or
+/// an IPv6 /64 (one host usually holds a whole /64).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
 /// Accepts links on `listener` until the gate stops (dropping this future ends every link).
-pub(crate) async fn listen(state: Arc<State>, socket: Arc<KeywireSocket>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(state.config.max_links));
-    let per_ip = Arc::new(PerIp::default());
+pub(crate) async fn listen(
+    state: Arc<State>,
+    socket: Arc<KeywireSocket>,
+    listener: TcpListener,
+    limits: Arc<LinkLimits>,
+) {
     let mut links = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -78,12 +109,12 @@ pub(crate) async fn listen(state: Arc<State>, socket: Arc<KeywireSocket>, listen
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
-        // Bounded: past `max_links` in all, or `max_links_per_ip` from one address, a new
-        // connection is closed at once (so one host cannot hold every slot).
-        let ip = keywire_proto::ticket::canonical_addr(peer).ip();
+        // Bounded: past `max_links` in all, or `max_links_per_ip` from one address (an IPv6
+        // /64), a new connection is closed at once (so one host cannot hold every slot).
+        let ip = host_of(keywire_proto::ticket::canonical_addr(peer).ip());
         let (Ok(slot), Some(ip_slot)) = (
-            slots.clone().try_acquire_owned(),
-            PerIp::take(&per_ip, ip, state.config.max_links_per_ip),
+            limits.slots.clone().try_acquire_owned(),
+            PerIp::take(&limits.per_ip, ip, state.config.max_links_per_ip),
         ) else {
             Counters::inc(&state.counters.links_refused);
             continue;
@@ -131,5 +162,21 @@ async fn handshake(stream: &mut TcpStream) -> Result<Framing, LinkError> {
             }
         }
         StreamStart::Unknown | StreamStart::NeedMore => Err(LinkError::NotALink),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ipv6_host_is_its_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(host_of(a), host_of(b));
+        assert_ne!(host_of(a), host_of(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(host_of(v4), v4);
     }
 }
