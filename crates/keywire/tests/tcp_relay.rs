@@ -683,3 +683,55 @@ async fn a_taken_tcp_port_fails_a_chosen_gate_port_and_skips_tcp_on_an_os_picked
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert!(err.to_string().contains("cannot accept TCP links"), "{err}");
 }
+
+#[tokio::test]
+async fn a_websocket_close_is_answered_with_a_close_before_the_gate_hangs_up() {
+    use keywire::proto::link::{http, websocket};
+    let (gate_node, gate) = fast_gate().await;
+    let tcp_addr = gate.link_addrs()[0];
+    let mut stream = TcpStream::connect(tcp_addr).await.unwrap();
+    let key = websocket::base64(&[7; 16]);
+    stream
+        .write_all(http::upgrade_request(&tcp_addr.to_string(), "/", &key).as_bytes())
+        .await
+        .unwrap();
+    let mut close = Vec::new();
+    websocket::encode(
+        websocket::Opcode::Close,
+        &[],
+        Some([1, 2, 3, 4]),
+        &mut close,
+    )
+    .unwrap();
+    // Everything the gate sends until it hangs up: the upgrade answer, then its frames.
+    let reply = within(10, "the gate hanging up", async {
+        let mut reply = Vec::new();
+        let mut sent_close = false;
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return reply;
+            }
+            reply.extend_from_slice(&chunk[..n]);
+            if !sent_close
+                && http::check_upgrade_response(&reply, &websocket::accept_value(&key))
+                    .unwrap()
+                    .is_some()
+            {
+                stream.write_all(&close).await.unwrap();
+                sent_close = true;
+            }
+        }
+    })
+    .await;
+    let head = http::check_upgrade_response(&reply, &websocket::accept_value(&key))
+        .unwrap()
+        .expect("the upgrade was answered");
+    let mut frames = reply[head..].to_vec();
+    let frame = websocket::decode(&mut frames, false)
+        .unwrap()
+        .expect("a frame after the upgrade");
+    assert_eq!(frame.opcode, websocket::Opcode::Close);
+    drop(gate_node);
+}

@@ -2,8 +2,7 @@
 //! CONNECT request to a proxy (RFC 9110 §9.3.6). Only the head is parsed: request or status
 //! line and headers, up to [`MAX_HEAD`] bytes; whatever follows belongs to the link.
 //!
-//! The `Sec-WebSocket-Accept` value is base64(SHA-1(key + [`super::websocket::ACCEPT_GUID`]));
-//! the caller computes the SHA-1 (this crate has no hash of that kind) and passes the result in.
+//! The `Sec-WebSocket-Accept` value is [`super::websocket::accept_value`].
 
 /// Longest request or response head accepted; a longer one is refused.
 pub const MAX_HEAD: usize = 8192;

@@ -256,6 +256,16 @@ impl Reassembly {
     }
 }
 
+/// `Sec-WebSocket-Accept` for `key`: base64(SHA-1(key ‖ [`ACCEPT_GUID`])) (RFC 6455 §4.2.2).
+/// SHA-1 here is the RFC's fixed handshake check, not a security measure.
+pub fn accept_value(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut hasher = Sha1::new();
+    hasher.update(key.as_bytes());
+    hasher.update(ACCEPT_GUID.as_bytes());
+    base64(&hasher.finalize())
+}
+
 /// Standard base64 with padding (RFC 4648 §4), for `Sec-WebSocket-Key` and `-Accept`.
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -282,6 +292,15 @@ pub fn base64(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn accept_value_of_the_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            accept_value("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 
     #[test]
     fn base64_vectors() {

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::server::{Counters, State};
-use crate::link::{self, read_head, websocket_accept, Framing, LinkError};
+use crate::link::{self, read_head, Framing, LinkError};
 use crate::socket::KeywireSocket;
 
 /// How long a new TCP connection may take to show what it is (preamble or upgrade).
@@ -149,7 +149,7 @@ async fn handshake(stream: &mut TcpStream) -> Result<Framing, LinkError> {
         StreamStart::HttpGet => {
             match read_head(stream, &start, http::parse_upgrade_request).await {
                 Ok(request) => {
-                    let accept = websocket_accept(&request.key);
+                    let accept = keywire_proto::link::websocket::accept_value(&request.key);
                     stream
                         .write_all(http::upgrade_response(&accept).as_bytes())
                         .await?;

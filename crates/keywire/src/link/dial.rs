@@ -9,7 +9,7 @@ use keywire_proto::link::{framing, websocket};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{read_head, websocket_accept, Framing};
+use super::{read_head, Framing};
 
 /// The path a WebSocket link asks for; a reverse proxy in front of a gate can route on it.
 pub const WEBSOCKET_PATH: &str = "/keywire/link";
@@ -161,7 +161,7 @@ async fn dial_inner(
         let key = websocket::base64(&rand::random::<[u8; 16]>());
         let request = http::upgrade_request(&authority, WEBSOCKET_PATH, &key);
         stream.write_all(request.as_bytes()).await?;
-        let accept = websocket_accept(&key);
+        let accept = keywire_proto::link::websocket::accept_value(&key);
         read_head(&mut stream, &[], |head| {
             http::check_upgrade_response(head, &accept)
         })

@@ -21,10 +21,13 @@ use crate::socket::KeywireSocket;
 
 pub use dial::{GateLinkConfig, GateLinkMode, LinkError};
 
-/// A link that carried nothing for this long is dead: every QUIC connection over it sends a
-/// keep-alive at least every 10 s (the default), so a minute of silence means the far end is
-/// gone without closing (a dropped NAT or proxy mapping), and its table entry must go.
+/// A link that carried no whole frame for this long is dead: every QUIC connection over it
+/// sends a keep-alive at least every 10 s (the default), so a minute without one means the far
+/// end is gone without closing (a dropped NAT or proxy mapping), or is trickling bytes to hold
+/// a slot, and its table entry must go.
 const LINK_IDLE: Duration = Duration::from_secs(60);
+/// How long a closing link may take to write what was queued before it closed.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Most framed bytes written to the stream in one write (batching small datagrams).
 const WRITE_BATCH: usize = 64 << 10;
 /// Bytes read from the stream in one go.
@@ -43,11 +46,17 @@ pub(crate) async fn run(
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (outgoing, _registration) = socket.links.add(addr, peer, framing);
+    let (outgoing, registration) = socket.links.add(addr, peer, framing);
     let (read, write) = stream.into_split();
+    let mut writer = std::pin::pin!(write_loop(write, outgoing));
     tokio::select! {
-        _ = write_loop(write, outgoing) => {}
-        _ = read_loop(&socket, addr, read, framing) => {}
+        _ = &mut writer => {}
+        _ = read_loop(&socket, addr, read, framing) => {
+            // Dropping the registration closes the queue behind what is in it (a WebSocket
+            // close frame, say); the writer gets a moment to send that, then stops.
+            drop(registration);
+            let _ = tokio::time::timeout(CLOSE_DRAIN, &mut writer).await;
+        }
     }
 }
 
@@ -77,12 +86,15 @@ async fn read_loop(
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reassembly = websocket::Reassembly::default();
+    // Only whole frames count as life: bytes trickled into a frame never finished do not.
+    let mut deadline = tokio::time::Instant::now() + LINK_IDLE;
     loop {
         buf.reserve(READ_CHUNK);
-        match tokio::time::timeout(LINK_IDLE, read.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, read.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
+        let before = buf.len();
         let more = match framing {
             Framing::Raw => take_raw(socket, addr, &mut buf),
             Framing::WebSocket { client } => {
@@ -92,10 +104,13 @@ async fn read_loop(
         if !more {
             return;
         }
+        if buf.len() < before {
+            deadline = tokio::time::Instant::now() + LINK_IDLE;
+        }
     }
 }
 
-/// Delivers every whole raw frame in `buf`; false if the stream is broken.
+/// Delivers every whole raw frame in `buf` (consuming it); false if the stream is broken.
 fn take_raw(socket: &KeywireSocket, addr: SocketAddr, buf: &mut BytesMut) -> bool {
     loop {
         match framing::decode(buf) {
@@ -109,7 +124,7 @@ fn take_raw(socket: &KeywireSocket, addr: SocketAddr, buf: &mut BytesMut) -> boo
     }
 }
 
-/// Handles every whole WebSocket frame in `buf`; false if the link must end.
+/// Handles every whole WebSocket frame in `buf` (consuming it); false if the link must end.
 fn take_websocket(
     socket: &KeywireSocket,
     addr: SocketAddr,
@@ -146,16 +161,6 @@ fn take_websocket(
     }
 }
 
-/// `Sec-WebSocket-Accept` for `key`: base64(SHA-1(key + GUID)) (RFC 6455 §4.2.2). SHA-1 comes
-/// from ring, the one crypto provider; it serves here as the RFC's fixed handshake check, not
-/// for security.
-pub(crate) fn websocket_accept(key: &str) -> String {
-    let mut input = key.as_bytes().to_vec();
-    input.extend_from_slice(websocket::ACCEPT_GUID.as_bytes());
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
-    websocket::base64(digest.as_ref())
-}
-
 /// Reads an HTTP head one byte at a time, so that nothing after it is taken from the stream,
 /// until `check` accepts or refuses it (at most `keywire_proto::link::http::MAX_HEAD` bytes).
 pub(crate) async fn read_head<T, E>(
@@ -179,17 +184,5 @@ where
             return Err(LinkError::Closed);
         }
         head.push(byte[0]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn websocket_accept_of_the_rfc_example() {
-        // RFC 6455 §1.3.
-        assert_eq!(
-            super::websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
     }
 }
