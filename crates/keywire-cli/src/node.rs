@@ -40,7 +40,13 @@ impl GateLinkArg {
             Self::Tcp => GateLinkMode::TcpOnly,
         };
         let config = GateLinkConfig::default().mode(mode).websocket(websocket);
-        match proxy.or_else(GateLinkConfig::proxy_from_env) {
+        let proxy = proxy.or_else(|| {
+            GateLinkConfig::proxy_from_env().unwrap_or_else(|why| {
+                output::err_line(&format!("keywire: {why}"));
+                None
+            })
+        });
+        match proxy {
             Some(proxy) => config.http_proxy(proxy),
             None => config,
         }

@@ -118,7 +118,7 @@ impl Endpoint {
         gate: &NodeAddr,
         config: &GateLinkConfig,
     ) -> Result<(LinkTask, SocketAddr), GateError> {
-        let mut last = None;
+        let mut failures = Vec::new();
         for addr in crate::dial::order(&gate.direct_addrs) {
             let addr = keywire_proto::ticket::canonical_addr(addr);
             match link::dial::dial(addr, config).await {
@@ -131,9 +131,13 @@ impl Endpoint {
                     ));
                     return Ok((LinkTask(task), addr));
                 }
-                Err(e) => last = Some(e),
+                Err(e) => failures.push((addr, e)),
             }
         }
-        Err(GateError::Link(last.unwrap_or(LinkError::Closed)))
+        Err(GateError::Link(if failures.is_empty() {
+            LinkError::NoAddress
+        } else {
+            LinkError::Attempts(failures)
+        }))
     }
 }

@@ -90,12 +90,20 @@ impl GateLinkConfig {
     }
 
     /// The proxy named by `HTTPS_PROXY` (or `https_proxy`), as `http://host:port`,
-    /// `host:port`, with an optional trailing `/`; `None` if unset or not of that form.
-    pub fn proxy_from_env() -> Option<String> {
-        let value = std::env::var("HTTPS_PROXY")
-            .or_else(|_| std::env::var("https_proxy"))
-            .ok()?;
-        proxy_authority(&value)
+    /// `host:port`, with an optional trailing `/`; `Ok(None)` if unset, and an error naming
+    /// the value if it is set but not of that form (other schemes, credentials, paths), which
+    /// keywire would misuse — so that the caller can say it goes without.
+    pub fn proxy_from_env() -> Result<Option<String>, String> {
+        let Ok(value) = std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy"))
+        else {
+            return Ok(None);
+        };
+        match proxy_authority(&value) {
+            Some(authority) => Ok(Some(authority)),
+            None => Err(format!(
+                "HTTPS_PROXY={value:?} is not http://host:port (no credentials, no path): not used"
+            )),
+        }
     }
 }
 
@@ -120,6 +128,14 @@ pub enum LinkError {
     /// The proxy or the gate answered with something unacceptable.
     #[error("HTTP: {0}")]
     Http(#[from] HttpError),
+    /// The HTTP proxy could not be reached, or refused the tunnel to the gate.
+    #[error("through the HTTP proxy {proxy}: {reason}")]
+    Proxy {
+        /// The proxy (`host:port`).
+        proxy: String,
+        /// What went wrong there (e.g. `HTTP: HTTP status 407`: it wants credentials).
+        reason: Box<LinkError>,
+    },
     /// The stream started with neither the link preamble nor an HTTP request.
     #[error("not a keywire link")]
     NotALink,
@@ -129,6 +145,17 @@ pub enum LinkError {
     /// No link within [`GateLinkConfig::open_timeout`].
     #[error("no link within {0:?}")]
     TimedOut(Duration),
+    /// The gate has no address to open a link to.
+    #[error("the gate has no direct address to open a TCP link to")]
+    NoAddress,
+    /// Every address of the gate failed, each for the reason given.
+    #[error("{}", describe_attempts(.0))]
+    Attempts(Vec<(SocketAddr, LinkError)>),
+}
+
+fn describe_attempts(attempts: &[(SocketAddr, LinkError)]) -> String {
+    let parts: Vec<String> = attempts.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+    parts.join("; ")
 }
 
 /// Opens a link to `gate` as `config` says; returns the stream, ready for datagrams.
@@ -148,12 +175,18 @@ async fn dial_inner(
     let authority = gate.to_string();
     let mut stream = match &config.http_proxy {
         Some(proxy) => {
-            let mut stream = TcpStream::connect(proxy.as_str()).await?;
-            stream
-                .write_all(http::connect_request(&authority).as_bytes())
-                .await?;
-            read_head(&mut stream, &[], http::check_connect_response).await?;
-            stream
+            let tunnel = async {
+                let mut stream = TcpStream::connect(proxy.as_str()).await?;
+                stream
+                    .write_all(http::connect_request(&authority).as_bytes())
+                    .await?;
+                read_head(&mut stream, &[], http::check_connect_response).await?;
+                Ok::<_, LinkError>(stream)
+            };
+            tunnel.await.map_err(|e| LinkError::Proxy {
+                proxy: proxy.clone(),
+                reason: Box::new(e),
+            })?
         }
         None => TcpStream::connect(gate).await?,
     };
@@ -175,7 +208,40 @@ async fn dial_inner(
 
 #[cfg(test)]
 mod tests {
-    use super::proxy_authority;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refusing_proxy_is_named_with_its_answer_and_every_address_is_reported() {
+        use tokio::io::AsyncReadExt;
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = proxy.accept().await.unwrap();
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                .await;
+        });
+        let gate: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let config = GateLinkConfig::default().http_proxy(proxy_addr.to_string());
+        let err = dial(gate, &config).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, LinkError::Proxy { .. }), "{err:?}");
+        assert!(
+            text.contains(&proxy_addr.to_string()) && text.contains("407"),
+            "{text}"
+        );
+
+        let two = LinkError::Attempts(vec![
+            (gate, LinkError::Closed),
+            ("[2001:db8::1]:4433".parse().unwrap(), LinkError::NotALink),
+        ]);
+        assert_eq!(
+            two.to_string(),
+            "192.0.2.1:4433: closed during the handshake; [2001:db8::1]:4433: not a keywire link"
+        );
+    }
 
     #[test]
     fn proxy_urls() {
