@@ -75,8 +75,10 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct Links {
     table: RwLock<HashMap<SocketAddr, Entry>>,
-    /// Whether any link exists: sends skip the table lock on the UDP-only fast path.
-    any: AtomicBool,
+    /// Whether a link stands for a real address (this node reaches a gate over TCP). Sends to
+    /// other real addresses skip the table lock while none does — also on a gate serving links,
+    /// whose accepted links all have addresses of their own ([`is_accepted_link`]).
+    client_links: AtomicBool,
     next_id: AtomicU64,
     paths: Arc<PathTable>,
     metrics: Arc<Metrics>,
@@ -97,7 +99,8 @@ impl Drop for LinkRegistration {
             table.remove(&self.addr);
             self.links.paths.set_stream_linked(self.addr, false);
         }
-        self.links.any.store(!table.is_empty(), Ordering::Release);
+        let client_links = table.keys().any(|a| !is_accepted_link(a));
+        self.links.client_links.store(client_links, Ordering::Release);
     }
 }
 
@@ -105,7 +108,7 @@ impl Links {
     pub(crate) fn new(paths: Arc<PathTable>, metrics: Arc<Metrics>) -> Self {
         Self {
             table: RwLock::default(),
-            any: AtomicBool::new(false),
+            client_links: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             paths,
             metrics,
@@ -147,7 +150,9 @@ impl Links {
                 peer,
             },
         );
-        self.any.store(true, Ordering::Release);
+        if !is_accepted_link(&addr) {
+            self.client_links.store(true, Ordering::Release);
+        }
         self.paths.set_stream_linked(addr, true);
         drop(table);
         Metrics::inc(&self.metrics.links_opened);
@@ -161,7 +166,7 @@ impl Links {
 
     /// Where the far end of `addr`'s link really is, if `addr` is a link.
     pub(crate) fn peer_of(&self, addr: &SocketAddr) -> Option<SocketAddr> {
-        if !self.any.load(Ordering::Acquire) {
+        if !is_accepted_link(addr) && !self.client_links.load(Ordering::Acquire) {
             return None;
         }
         self.read().get(addr).map(|e| e.peer)
@@ -170,7 +175,7 @@ impl Links {
     /// Sends `contents` (datagrams of `segment` bytes, the last maybe shorter) over `addr`'s
     /// link; `None` if `addr` has no link (send over UDP). Never waits: a full queue drops.
     pub(crate) fn send(&self, addr: SocketAddr, contents: &[u8], segment: usize) -> Option<()> {
-        if !self.any.load(Ordering::Acquire) && !is_accepted_link(&addr) {
+        if !is_accepted_link(&addr) && !self.client_links.load(Ordering::Acquire) {
             return None;
         }
         let table = self.read();
