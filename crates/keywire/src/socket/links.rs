@@ -100,7 +100,9 @@ impl Drop for LinkRegistration {
             self.links.paths.set_stream_linked(self.addr, false);
         }
         let client_links = table.keys().any(|a| !is_accepted_link(a));
-        self.links.client_links.store(client_links, Ordering::Release);
+        self.links
+            .client_links
+            .store(client_links, Ordering::Release);
     }
 }
 
