@@ -23,6 +23,8 @@
 //! a nonce it sent to exactly the address the response came from, once.
 
 mod prober;
+pub mod punch;
+pub mod signal;
 
 use std::net::SocketAddr;
 
@@ -235,14 +237,18 @@ fn parse_header(payload: &[u8]) -> Result<Header, ProbeError> {
     })
 }
 
-/// Whether a `Probe`-kind payload is a path probe (rather than an address observation).
+/// Whether a `Probe`-kind payload is a path probe or a punch signal ([`signal`]), rather than
+/// an address observation.
 pub fn is_path_probe(payload: &[u8]) -> bool {
-    matches!(payload.first(), Some(0x11..=0x14))
+    matches!(payload.first(), Some(0x11..=0x16))
 }
 
-/// The connection tag of a probe payload, to find its key; `None` if too short or of an
-/// unknown type.
+/// The connection tag of a probe or signal payload, to find its key; `None` if too short or of
+/// an unknown type.
 pub fn tag_of(payload: &[u8]) -> Option<ConnTag> {
+    if signal::is_signal(payload) {
+        return payload.get(1..9)?.try_into().ok();
+    }
     parse_header(payload).ok().map(|h| h.tag)
 }
 
