@@ -223,6 +223,16 @@ impl Endpoint {
                     endpoint.reroute(peer, dead).await
                 })
             }));
+        let weak = Arc::downgrade(&endpoint.inner);
+        endpoint.inner.upgrades.set_nat_source(Arc::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let endpoint = Endpoint {
+                    inner: weak.upgrade()?,
+                };
+                endpoint.nat_report().await
+            })
+        }));
         Ok(endpoint)
     }
 

@@ -25,6 +25,7 @@
 
 mod accept;
 pub mod bench_support;
+mod birthday;
 mod config;
 mod connection;
 pub mod dht;

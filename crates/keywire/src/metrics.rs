@@ -105,6 +105,16 @@ counter_set! {
     path_fallbacks,
     /// Relayed connections moved to another gate after theirs died.
     gate_failovers,
+    /// Punch signals (hellos, birthday go) sent through a relay.
+    punch_signals_sent,
+    /// Birthday probing attempts this node took part in (either side).
+    birthday_attempts,
+    /// Extra sockets opened for birthday probing (the hard side).
+    birthday_sockets_opened,
+    /// Birthday probes sent: the easy side's spray and the extra sockets' requests.
+    birthday_probes_sent,
+    /// Extra sockets that received the peer's probe and became a path (the hard side).
+    birthday_hits,
     /// Stream links (TCP or WebSocket, for networks that block UDP) opened: dialed or accepted.
     links_opened,
     /// Datagrams queued to a stream link.
@@ -120,5 +130,9 @@ counter_set! {
 impl Metrics {
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -100,6 +100,8 @@ async fn read_loop(
             Framing::WebSocket { client } => {
                 take_websocket(socket, addr, &mut buf, client, &mut reassembly)
             }
+            // Datagram framing belongs to UDP side sockets; on a stream it means nothing.
+            Framing::Datagram => false,
         };
         if !more {
             return;

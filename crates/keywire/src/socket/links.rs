@@ -43,6 +43,9 @@ pub(crate) enum Framing {
     Raw,
     /// One binary WebSocket message per datagram; `client`: this side masks what it sends.
     WebSocket { client: bool },
+    /// No stream: each queued item is one UDP datagram for a socket of its own (the extra
+    /// socket birthday probing found a path through, `crate::birthday`).
+    Datagram,
 }
 
 impl Framing {
@@ -55,6 +58,10 @@ impl Framing {
                 // RFC 6455 §5.3: a fresh unpredictable key per client frame.
                 let mask = client.then(rand::random::<[u8; 4]>);
                 websocket::encode(websocket::Opcode::Binary, datagram, mask, out).is_ok()
+            }
+            Self::Datagram => {
+                out.extend_from_slice(datagram);
+                true
             }
         }
     }
@@ -155,7 +162,9 @@ impl Links {
         if !is_accepted_link(&addr) {
             self.client_links.store(true, Ordering::Release);
         }
-        self.paths.set_stream_linked(addr, true);
+        if framing != Framing::Datagram {
+            self.paths.set_stream_linked(addr, true);
+        }
         drop(table);
         Metrics::inc(&self.metrics.links_opened);
         let registration = LinkRegistration {

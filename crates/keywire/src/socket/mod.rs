@@ -183,6 +183,14 @@ fn segment_of(transmit: &Transmit) -> usize {
 /// Whether a QUIC datagram may open a new path: a long-header Initial packet (RFC 9000 §17.2.2:
 /// header form 1, fixed bit 1, type 0). Clients pad Initials to 1200 bytes (§14.1), so a short
 /// one cannot start a connection either.
+/// Whether a relay frame's payload is a control packet of the probe kind (a punch signal).
+fn is_relayed_control(payload: &[u8]) -> bool {
+    matches!(
+        keywire_proto::datagram::ControlPacket::decode(payload),
+        Ok(packet) if packet.kind == keywire_proto::datagram::ControlKind::Probe
+    )
+}
+
 fn opens_path(datagram: &[u8]) -> bool {
     const MIN_INITIAL_DATAGRAM: usize = 1200;
     datagram.len() >= MIN_INITIAL_DATAGRAM && datagram[0] & 0xF0 == 0xC0
@@ -368,6 +376,11 @@ impl KeywireSocket {
             .paths
             .for_relayed(from, frame.session, frame.channel, initial, now)
         {
+            // A punch signal from the peer, through the relay (`crate::upgrade`): only the probe
+            // kind may come this way, under the path's virtual address.
+            Ok(virtual_addr) if is_relayed_control(frame.payload) => {
+                self.control.deliver(virtual_addr, frame.payload)
+            }
             Ok(virtual_addr) => {
                 let mut inbox = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
                 if inbox.len() < RELAYED_INBOX {
@@ -384,6 +397,26 @@ impl KeywireSocket {
             // Not one of our gates: maybe we are the gate.
             Err(Refusal::NotOurGate) => self.control.deliver(from, datagram),
         }
+    }
+
+    /// Sends a control packet to the peer of `virtual_addr` through its relay (also while the
+    /// connection runs direct); fails if the path has no relay or the socket is full.
+    pub(crate) fn send_control_relayed(
+        &self,
+        virtual_addr: SocketAddr,
+        packet: &[u8],
+    ) -> io::Result<()> {
+        let Some((gate, channel, session)) = self.paths.relay_session_of(&virtual_addr) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let transmit = Transmit {
+            destination: virtual_addr,
+            ecn: None,
+            contents: packet,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.send_relayed(&transmit, gate, session, channel)
     }
 
     fn has_relayed(&self) -> bool {

@@ -384,6 +384,19 @@ impl PathTable {
         crate::Path::from_route(route, over_stream)
     }
 
+    /// The relay of `virtual_addr` (current route or not): its gate, channel, and our session
+    /// at that gate.
+    pub(crate) fn relay_session_of(
+        &self,
+        virtual_addr: &SocketAddr,
+    ) -> Option<(SocketAddr, u32, u64)> {
+        let t = self.lock();
+        let Some(Route::Relayed { gate, channel }) = t.by_virtual.get(virtual_addr)?.relay else {
+            return None;
+        };
+        Some((gate, channel, t.gates.get(&gate)?.session))
+    }
+
     /// The relay `virtual_addr` falls back to.
     pub(crate) fn relay_of(&self, virtual_addr: &SocketAddr) -> Option<Route> {
         self.lock().by_virtual.get(virtual_addr)?.relay

@@ -17,12 +17,17 @@ use std::time::{Duration, Instant};
 
 use keywire_proto::datagram::{ControlKind, ControlPacket};
 use keywire_proto::gate::observe::Observe;
+use keywire_proto::nat::NatReport;
+use keywire_proto::probe::punch::PunchConfig;
+use keywire_proto::probe::signal::is_signal;
 use keywire_proto::probe::{
     is_path_probe, tag_of, ConnTag, Decision, ProbeKeys, Prober, ProberConfig, PROBE_EXPORTER_LABEL,
 };
 use keywire_proto::{NodeId, Role};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
+
+mod punching;
 
 use crate::metrics::Metrics;
 use crate::socket::paths::{PathTable, Route};
@@ -55,6 +60,30 @@ pub(crate) struct Upgrades {
     /// Bumped when UDP starts working for a node that reached a gate over TCP: every relayed
     /// connection searches for a direct path again (see [`Prober::network_changed`]).
     udp_works_again: tokio::sync::watch::Sender<u64>,
+    punch_config: PunchConfig,
+    /// One birthday attempt per node at a time (either side): its permit.
+    birthday_permit: Arc<tokio::sync::Semaphore>,
+    nat_source: NatSourceCell,
+    /// The latest NAT report and when it was made.
+    nat_cache: tokio::sync::Mutex<Option<(Instant, NatReport)>>,
+}
+
+/// How long a NAT report is reused before asking the gate again.
+const NAT_REPORT_FRESH: Duration = Duration::from_secs(60);
+/// Longest wait for a NAT report.
+const NAT_REPORT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Finds out this node's NAT kind (the endpoint provides it: `Endpoint::nat_report`).
+pub(crate) type NatSource =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<NatReport>> + Send>> + Send + Sync>;
+
+#[derive(Default)]
+struct NatSourceCell(std::sync::OnceLock<NatSource>);
+
+impl std::fmt::Debug for NatSourceCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatSource")
+    }
 }
 
 /// Kept by every clone of a [`crate::Connection`]; when the last one goes, the connection's
@@ -83,7 +112,33 @@ impl Upgrades {
             observations: Mutex::default(),
             connections: Mutex::default(),
             udp_works_again: tokio::sync::watch::Sender::new(0),
+            punch_config: PunchConfig::default(),
+            birthday_permit: Arc::new(tokio::sync::Semaphore::new(1)),
+            nat_source: NatSourceCell::default(),
+            nat_cache: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Sets how this node finds out its NAT kind (the endpoint provides it).
+    pub(crate) fn set_nat_source(&self, source: NatSource) {
+        let _ = self.nat_source.0.set(source);
+    }
+
+    /// This node's NAT report: the cached one while fresh, else a new one (bounded in time;
+    /// `None` without a gate reached over UDP).
+    pub(crate) async fn local_nat(&self) -> Option<NatReport> {
+        let mut cache = self.nat_cache.lock().await;
+        if let Some((at, report)) = cache.as_ref() {
+            if at.elapsed() < NAT_REPORT_FRESH {
+                return Some(report.clone());
+            }
+        }
+        let source = self.nat_source.0.get()?.clone();
+        let report = tokio::time::timeout(NAT_REPORT_LIMIT, source())
+            .await
+            .ok()??;
+        *cache = Some((Instant::now(), report.clone()));
+        Some(report)
     }
 
     /// UDP works again where it did not (a gate reached over TCP answered over UDP): relayed
@@ -207,23 +262,25 @@ impl Upgrades {
         let peer_candidates = &peer_candidates[..];
         // Even with no candidate to try, the prober answers the peer's probes (and checks where
         // they come from), so the peer can find the way.
-        let prober = if self.enabled {
+        let (prober, punching) = if self.enabled {
             let mut exported = [0u8; 32];
             conn.export_keying_material(&mut exported, PROBE_EXPORTER_LABEL, b"")
                 .ok()?;
             let keys = ProbeKeys::from_exported(exported);
             let mut seed = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut seed);
-            Some(Prober::new(
+            let punching = punching::Punching::new(self, keys.clone(), role);
+            let prober = Prober::new(
                 keys,
                 role,
                 self.config.clone(),
                 peer_candidates,
                 Instant::now(),
                 seed,
-            ))
+            );
+            (Some(prober), Some(punching))
         } else {
-            None
+            (None, None)
         };
         let (queue, inbox) = mpsc::channel(PER_CONNECTION_QUEUE);
         let tag = prober.as_ref().map(|p| p.tag());
@@ -238,6 +295,7 @@ impl Upgrades {
             peer,
             virtual_addr,
             prober,
+            punching,
             inbox,
             last_reroute: None,
             udp_works_again: self.udp_works_again.subscribe(),
@@ -292,6 +350,8 @@ struct Task {
     virtual_addr: SocketAddr,
     /// `None` when going direct is off (then the task only watches the gate).
     prober: Option<Prober>,
+    /// NAT kinds and birthday probing; `None` when going direct is off.
+    punching: Option<punching::Punching>,
     inbox: mpsc::Receiver<ControlDatagram>,
     last_reroute: Option<Instant>,
     udp_works_again: tokio::sync::watch::Receiver<u64>,
@@ -302,7 +362,20 @@ impl Task {
         let mut gate_check = tokio::time::interval(GATE_CHECK_EVERY);
         loop {
             self.flush().await;
-            let wake = self.prober.as_ref().and_then(|p| p.poll_timeout());
+            let punch_wake = self.punching.as_ref().and_then(|p| p.poll_timeout());
+            let wake = match (
+                self.prober.as_ref().and_then(|p| p.poll_timeout()),
+                punch_wake,
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let punch_event = async {
+                match self.punching.as_mut() {
+                    Some(punching) => punching.next_event().await,
+                    None => std::future::pending().await,
+                }
+            };
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -312,18 +385,24 @@ impl Task {
             tokio::select! {
                 _ = &mut stopped => break,
                 _ = self.conn.closed() => break,
+                event = punch_event => {
+                    if let Some(punching) = self.punching.as_mut() {
+                        punching.on_event(&self.upgrades, event, Instant::now());
+                    }
+                }
                 datagram = self.inbox.recv(), if self.prober.is_some() => {
                     let Some(datagram) = datagram else { break };
-                    let Some(prober) = self.prober.as_mut() else { continue };
-                    let counter = match prober.handle(datagram.from, &datagram.payload, Instant::now()) {
-                        Ok(()) => &self.upgrades.metrics.probes_accepted,
-                        Err(_) => &self.upgrades.metrics.probes_refused,
-                    };
-                    Metrics::inc(counter);
+                    let accepted = self.handle_probe(datagram);
+                    let up = &self.upgrades.metrics;
+                    Metrics::inc(if accepted { &up.probes_accepted } else { &up.probes_refused });
                 }
                 () = sleep => {
+                    let now = Instant::now();
                     if let Some(prober) = self.prober.as_mut() {
-                        prober.handle_timeout(Instant::now());
+                        prober.handle_timeout(now);
+                    }
+                    if let Some(punching) = self.punching.as_mut() {
+                        punching.on_timeout(now);
                     }
                 }
                 _ = gate_check.tick() => self.check_gate().await,
@@ -337,6 +416,27 @@ impl Task {
         if let Some(tag) = self.tag {
             self.upgrades.lock().remove(&tag);
         }
+    }
+
+    /// Hands a probe or punch signal to its state machine; false if refused. Signals count
+    /// only through the relay (they arrive under the path's virtual address), probes only
+    /// from real addresses.
+    fn handle_probe(&mut self, datagram: ControlDatagram) -> bool {
+        let now = Instant::now();
+        let through_relay = datagram.from == self.virtual_addr;
+        if is_signal(&datagram.payload) {
+            return through_relay
+                && self
+                    .punching
+                    .as_mut()
+                    .is_some_and(|p| p.on_signal(&datagram.payload, now));
+        }
+        if through_relay {
+            return false;
+        }
+        self.prober
+            .as_mut()
+            .is_some_and(|p| p.handle(datagram.from, &datagram.payload, now).is_ok())
     }
 
     /// If the gate of our relay died, moves the relay to another gate (and the connection with
@@ -395,6 +495,10 @@ impl Task {
                     up.paths.accept_from(self.virtual_addr, Route::Direct(addr));
                 }
             }
+        }
+        if let Some(punching) = self.punching.as_mut() {
+            punching.set_direct(prober.direct().is_some(), Instant::now());
+            punching.flush(up, self.virtual_addr).await;
         }
         while let Some((to, payload)) = prober.poll_transmit() {
             let mut packet = Vec::with_capacity(payload.len() + 2);

@@ -1,0 +1,208 @@
+//! The I/O half of birthday probing (the plan is `keywire_proto::probe::punch`): the hard
+//! side's extra sockets, and the one that becomes a path of its connection.
+//!
+//! The extra sockets live beside the endpoint's socket; quinn never sees them. Each sends a
+//! path probe request to the easy side's reflexive address (opening a mapping on our NAT) and
+//! again every `resend`, and listens. The first to receive a valid request of the peer from the
+//! easy side's IP wins: it becomes a *side socket*, registered as a link for the address the
+//! request came from (`socket::links`, datagram framing), so everything keywire sends there
+//! (probes, then QUIC once the path probes agree) leaves through it, and what it receives is
+//! handled as if the main socket had received it. The losers close at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keywire_proto::datagram::{ControlKind, ControlPacket};
+use keywire_proto::probe::{Probe, ProbeKeys};
+use keywire_proto::Role;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+use crate::socket::links::{Framing, LinkRegistration};
+use crate::socket::KeywireSocket;
+
+/// Largest datagram a side socket reads (keywire never sends larger UDP payloads).
+const MAX_DATAGRAM: usize = 2048;
+
+/// An extra socket that received the peer's request: where from, and the request itself.
+#[derive(Debug)]
+pub(crate) struct Hit {
+    socket: UdpSocket,
+    from: SocketAddr,
+    datagram: Vec<u8>,
+}
+
+/// One attempt's extra sockets, sending and listening until dropped (dropping closes them all).
+#[derive(Debug)]
+pub(crate) struct ExtraSockets {
+    tasks: JoinSet<()>,
+    /// Sockets that could be opened.
+    pub(crate) opened: usize,
+}
+
+/// What an extra socket needs to know.
+struct Probing {
+    keys: ProbeKeys,
+    role: Role,
+    target: SocketAddr,
+    resend: Duration,
+    hits: mpsc::Sender<Hit>,
+    metrics: Arc<Metrics>,
+}
+
+impl ExtraSockets {
+    /// Opens up to `count` sockets on `local_ip` (unspecified: any), each probing `target`.
+    /// A socket that cannot be opened (a file-descriptor limit, say) is skipped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        keys: &ProbeKeys,
+        role: Role,
+        local_ip: IpAddr,
+        target: SocketAddr,
+        count: usize,
+        resend: Duration,
+        hits: mpsc::Sender<Hit>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let probing = Arc::new(Probing {
+            keys: keys.clone(),
+            role,
+            target,
+            resend,
+            hits,
+            metrics,
+        });
+        let bind_ip = match (local_ip, target.ip()) {
+            (IpAddr::V6(v6), IpAddr::V4(_)) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0]),
+            (ip, _) => ip,
+        };
+        let mut tasks = JoinSet::new();
+        let mut opened = 0;
+        for _ in 0..count {
+            let Ok(std_socket) = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)) else {
+                break;
+            };
+            if std_socket.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let Ok(socket) = UdpSocket::from_std(std_socket) else {
+                continue;
+            };
+            opened += 1;
+            tasks.spawn(probe_from(socket, probing.clone()));
+        }
+        Metrics::add(&probing.metrics.birthday_sockets_opened, opened as u64);
+        Self { tasks, opened }
+    }
+}
+
+impl Drop for ExtraSockets {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// One extra socket: sends a request to the target every `resend` and waits for the peer's.
+async fn probe_from(socket: UdpSocket, probing: Arc<Probing>) {
+    let mut resend = tokio::time::interval(probing.resend);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        tokio::select! {
+            _ = resend.tick() => {
+                let request = probing.keys.request(probing.role, rand::random());
+                let mut packet = Vec::with_capacity(request.len() + 2);
+                ControlPacket { kind: ControlKind::Probe, payload: &request }.encode(&mut packet);
+                if socket.send_to(&packet, probing.target).await.is_ok() {
+                    Metrics::inc(&probing.metrics.birthday_probes_sent);
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let Ok((len, from)) = received else { continue };
+                if is_peer_request(&probing, from, &buf[..len]) {
+                    let hit = Hit { socket, from, datagram: buf[..len].to_vec() };
+                    let _ = probing.hits.send(hit).await;
+                    return;
+                }
+                Metrics::inc(&probing.metrics.probes_refused);
+            }
+        }
+    }
+}
+
+/// Whether `datagram` from `from` is a valid path probe request of the peer, from the easy
+/// side's IP (the only one it sprays from).
+fn is_peer_request(probing: &Probing, from: SocketAddr, datagram: &[u8]) -> bool {
+    if from.ip() != probing.target.ip() {
+        return false;
+    }
+    let Ok(packet) = ControlPacket::decode(datagram) else {
+        return false;
+    };
+    packet.kind == ControlKind::Probe
+        && matches!(
+            probing.keys.open(packet.payload, probing.role),
+            Ok(Probe::Request { .. })
+        )
+}
+
+/// The extra socket a connection's direct path runs over; closing when dropped.
+#[derive(Debug)]
+pub(crate) struct SideSocket {
+    task: tokio::task::JoinHandle<()>,
+    _registration: LinkRegistration,
+}
+
+impl Drop for SideSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SideSocket {
+    /// Makes `hit`'s socket the way to its sender: a link for that address, then hands the
+    /// request that won to the endpoint as if the main socket had received it.
+    pub(crate) fn adopt(main: &Arc<KeywireSocket>, hit: Hit) -> Self {
+        let Hit {
+            socket,
+            from,
+            datagram,
+        } = hit;
+        let (outgoing, registration) = main.links.add(from, from, Framing::Datagram);
+        let task = tokio::spawn(carry(main.clone(), socket, from, outgoing));
+        main.deliver_from_link(from, datagram);
+        Self {
+            task,
+            _registration: registration,
+        }
+    }
+}
+
+/// Moves datagrams between the side socket and the endpoint until aborted.
+async fn carry(
+    main: Arc<KeywireSocket>,
+    socket: UdpSocket,
+    peer: SocketAddr,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        tokio::select! {
+            datagram = outgoing.recv() => {
+                let Some(datagram) = datagram else { return };
+                // A full socket buffer drops, as on the main socket; QUIC recovers.
+                let _ = socket.send_to(&datagram, peer).await;
+            }
+            received = socket.recv_from(&mut buf) => {
+                match received {
+                    Ok((len, from)) if from == peer => main.deliver_from_link(from, buf[..len].to_vec()),
+                    // Only the peer's address counts on this socket.
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+    }
+}

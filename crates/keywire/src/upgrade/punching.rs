@@ -1,0 +1,238 @@
+//! A relayed connection's hole punching beyond plain probing: it learns this node's NAT kind,
+//! swaps NAT kinds with the peer over the relay, and runs birthday probing when the plan
+//! (`keywire_proto::probe::punch`) says so — the hard side's extra sockets
+//! ([`crate::birthday`]) or the easy side's spray, one attempt per node at a time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use keywire_proto::datagram::{ControlKind, ControlPacket};
+use keywire_proto::nat::NatReport;
+use keywire_proto::probe::punch::{Action, Punch, Spray};
+use keywire_proto::probe::ProbeKeys;
+use keywire_proto::Role;
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use super::Upgrades;
+use crate::birthday::{ExtraSockets, Hit, SideSocket};
+use crate::metrics::Metrics;
+
+/// Extra sockets that received the peer's probe, waiting for the task (one wins; a second hit
+/// of the same attempt waits until its sockets close).
+const HITS_QUEUE: usize = 4;
+
+/// One connection's punching state (see the module documentation).
+pub(super) struct Punching {
+    punch: Punch,
+    keys: ProbeKeys,
+    role: Role,
+    /// This node's NAT report, while it is being found out.
+    nat: Option<oneshot::Receiver<Option<NatReport>>>,
+    hard: Option<(ExtraSockets, OwnedSemaphorePermit)>,
+    hits: mpsc::Receiver<Hit>,
+    hits_sender: mpsc::Sender<Hit>,
+    /// The extra socket the connection's direct path may run over, kept for its lifetime.
+    side_socket: Option<SideSocket>,
+    spray: Option<(Spray, OwnedSemaphorePermit)>,
+}
+
+impl Punching {
+    /// Starts punching for a connection whose probe keys are `keys`; finds out our NAT kind in
+    /// the background.
+    pub(super) fn new(upgrades: &Arc<Upgrades>, keys: ProbeKeys, role: Role) -> Self {
+        let (answer, nat) = oneshot::channel();
+        let up = upgrades.clone();
+        tokio::spawn(async move {
+            let _ = answer.send(up.local_nat().await);
+        });
+        let (hits_sender, hits) = mpsc::channel(HITS_QUEUE);
+        Self {
+            punch: Punch::new(keys.clone(), role, upgrades.punch_config.clone()),
+            keys,
+            role,
+            nat: Some(nat),
+            hard: None,
+            hits,
+            hits_sender,
+            side_socket: None,
+            spray: None,
+        }
+    }
+
+    /// When [`Punching::on_timeout`] wants to run.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let spray = self.spray.as_ref().and_then(|(s, _)| s.next_at());
+        match (self.punch.poll_timeout(), spray) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(super) fn on_timeout(&mut self, now: Instant) {
+        self.punch.handle_timeout(now);
+    }
+
+    /// Waits for this node's NAT report or an extra socket's hit; pending forever without.
+    pub(super) async fn next_event(&mut self) -> Event {
+        let (nat, hits) = (&mut self.nat, &mut self.hits);
+        let report = async {
+            match nat.as_mut() {
+                Some(answer) => answer.await.ok().flatten(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            report = report => {
+                *nat = None;
+                Event::Nat(report)
+            }
+            Some(hit) = hits.recv() => Event::Hit(hit),
+        }
+    }
+
+    pub(super) fn on_event(&mut self, up: &Arc<Upgrades>, event: Event, now: Instant) {
+        match event {
+            Event::Nat(Some(report)) => {
+                self.punch.set_local(report.mapping, report.observed, now);
+            }
+            Event::Nat(None) => {}
+            Event::Hit(hit) => {
+                // The first hit wins; the attempt's other sockets close now.
+                if self.hard.take().is_some() && self.side_socket.is_none() {
+                    Metrics::inc(&up.metrics.birthday_hits);
+                    self.side_socket = Some(SideSocket::adopt(&up.socket, hit));
+                }
+            }
+        }
+    }
+
+    /// Handles a punch signal that came through the relay.
+    pub(super) fn on_signal(&mut self, payload: &[u8], now: Instant) -> bool {
+        self.punch.handle(payload, now).is_ok()
+    }
+
+    /// Tells the plan whether the connection runs direct now.
+    pub(super) fn set_direct(&mut self, direct: bool, now: Instant) {
+        self.punch.set_direct(direct, now);
+    }
+
+    /// Carries out what the plan asks, and sends the spray probes that are due.
+    pub(super) async fn flush(&mut self, up: &Arc<Upgrades>, virtual_addr: SocketAddr) {
+        while let Some(action) = self.punch.poll_action() {
+            let now = Instant::now();
+            match action {
+                Action::Signal(signal) => {
+                    let mut packet = Vec::with_capacity(signal.len() + 2);
+                    ControlPacket {
+                        kind: ControlKind::Probe,
+                        payload: &signal,
+                    }
+                    .encode(&mut packet);
+                    // A lost signal is repeated by the plan (hellos, go) or costs one attempt.
+                    if up
+                        .socket
+                        .send_control_relayed(virtual_addr, &packet)
+                        .is_ok()
+                    {
+                        Metrics::inc(&up.metrics.punch_signals_sent);
+                    }
+                }
+                Action::OpenSockets {
+                    attempt,
+                    target,
+                    sockets,
+                    resend,
+                } => {
+                    // One attempt per node at a time: without the permit this one is skipped
+                    // (no go is sent; the plan tries again later).
+                    let Ok(permit) = up.birthday_permit.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let Ok(local) = up.socket.real_local_addr() else {
+                        continue;
+                    };
+                    Metrics::inc(&up.metrics.birthday_attempts);
+                    let extra = ExtraSockets::open(
+                        &self.keys,
+                        self.role,
+                        local.ip(),
+                        target,
+                        sockets,
+                        resend,
+                        self.hits_sender.clone(),
+                        up.metrics.clone(),
+                    );
+                    if extra.opened > 0 {
+                        self.hard = Some((extra, permit));
+                        self.punch.sockets_open(attempt, now);
+                    }
+                }
+                Action::CloseSockets { .. } => self.hard = None,
+                Action::Spray { ip, .. } => {
+                    let Ok(permit) = up.birthday_permit.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    Metrics::inc(&up.metrics.birthday_attempts);
+                    let mut seed = [0u8; 32];
+                    rand::thread_rng().fill_bytes(&mut seed);
+                    let spray = Spray::new(ip, &up.punch_config, now, seed);
+                    self.spray = Some((spray, permit));
+                }
+                Action::StopSpray { .. } => self.spray = None,
+            }
+        }
+        self.send_spray(up).await;
+    }
+
+    /// Sends the spray probes due now: path probe requests from the main socket, whose
+    /// endpoint-independent mapping is the address the hard side's mappings wait for.
+    async fn send_spray(&mut self, up: &Arc<Upgrades>) {
+        let Some((spray, _)) = self.spray.as_mut() else {
+            return;
+        };
+        for to in spray.poll_due(Instant::now()) {
+            let request = self.keys.request(self.role, rand::random());
+            let mut packet = Vec::with_capacity(request.len() + 2);
+            ControlPacket {
+                kind: ControlKind::Probe,
+                payload: &request,
+            }
+            .encode(&mut packet);
+            if up.socket.send_control(to, &packet).await.is_ok() {
+                Metrics::inc(&up.metrics.birthday_probes_sent);
+            }
+        }
+        if spray.next_at().is_none() {
+            self.spray = None;
+        }
+    }
+}
+
+/// How long a side socket outlives its connection's task: the connection's last packets
+/// (its CONNECTION_CLOSE, quinn's draining) still leave through it. Without it they would go
+/// out of the main socket, whose mapping the peer's NAT filters.
+const SIDE_SOCKET_LINGER: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Drop for Punching {
+    fn drop(&mut self) {
+        if let (Some(side), Ok(runtime)) = (
+            self.side_socket.take(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(async move {
+                tokio::time::sleep(SIDE_SOCKET_LINGER).await;
+                drop(side);
+            });
+        }
+    }
+}
+
+/// What [`Punching::next_event`] brings.
+pub(super) enum Event {
+    /// This node's NAT report (`None`: no gate to tell).
+    Nat(Option<NatReport>),
+    /// An extra socket received the peer's probe.
+    Hit(Hit),
+}
