@@ -43,6 +43,11 @@ pub struct ListenArgs {
     /// Also tell peers this address (e.g. a port forwarded on the router). Repeatable.
     #[arg(long = "announce", value_name = "ADDR")]
     announce: Vec<SocketAddr>,
+    /// Also introduce others ("connect via"): run a gate service on this node's port, with a
+    /// gate's default limits, so peers connected to it can join it (`--gate` this node's
+    /// ticket) and reach each other through it until they go direct.
+    #[arg(long)]
+    introduce: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,6 +67,17 @@ enum Side {
 
 pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()> {
     let endpoint = opts.endpoint_announcing(args.bind, PIPE_ALPN, &args.announce)?;
+    // Kept for as long as this command runs: dropping it stops the service.
+    let _introducing = if args.introduce {
+        let config = keywire::gate::GateConfig::default();
+        Some(
+            keywire::gate::Gate::spawn(&endpoint, config)
+                .await
+                .context("cannot start the gate service (--introduce)")?,
+        )
+    } else {
+        None
+    };
     for text in &args.gates {
         let gate: Ticket = text
             .parse()
@@ -83,6 +99,7 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
             "ticket": ticket.to_string(),
             "direct_addrs": node_addr.direct_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "gates": ticket.gates.iter().map(|g| g.node_id.to_string()).collect::<Vec<_>>(),
+            "introduces": args.introduce,
         }));
     } else {
         output::err_line(&ticket.to_string());

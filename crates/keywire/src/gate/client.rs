@@ -52,6 +52,12 @@ pub enum GateError {
     /// The connection to the gate is gone.
     #[error("the connection to the gate closed")]
     Closed,
+    /// The node asked to introduce runs no gate service (it did not agree to introduce).
+    #[error("{0} does not introduce others (it runs no gate service)")]
+    NotIntroducing(NodeId),
+    /// The connection to the node asked to introduce is relayed: it cannot be joined as a gate.
+    #[error("the connection to {0} is relayed; only a node reached directly can introduce")]
+    NotDirect(NodeId),
     /// A stream link (TCP or WebSocket) to the gate could not be opened.
     #[error("cannot open a TCP link to the gate: {0}")]
     Link(#[from] crate::LinkError),
