@@ -46,6 +46,11 @@ pub struct ProberConfig {
     /// Requests an address gets before anything valid came from it; then it is skipped until it
     /// speaks (so a peer cannot aim a stream of probes at a third party).
     pub max_unconfirmed_probes: u32,
+    /// The search rounds in which an address that has not spoken gets its requests (the k-th
+    /// no earlier than round `unconfirmed_rounds[k]`; at most `max_unconfirmed_probes`). Spread
+    /// out, so that our NAT's hole towards the peer stays open for a peer that starts probing
+    /// seconds after us.
+    pub unconfirmed_rounds: Vec<u32>,
 }
 
 impl Default for ProberConfig {
@@ -61,6 +66,8 @@ impl Default for ProberConfig {
             max_outstanding: 64,
             max_responses_per_second: 50,
             max_unconfirmed_probes: 5,
+            // With 200 ms fast rounds: 0, 0.2, 0.4, 1.6 and 4.8 s into the search.
+            unconfirmed_rounds: vec![0, 1, 2, 8, 24],
         }
     }
 }
@@ -238,7 +245,7 @@ impl Prober {
         match self.state {
             State::Searching { round, next_at } if now >= next_at => {
                 for addr in self.candidates.clone() {
-                    if self.may_probe(addr) {
+                    if self.may_probe(addr) && self.due_in_round(addr, round) {
                         self.send_request(addr);
                     }
                 }
@@ -399,6 +406,22 @@ impl Prober {
                 .iter()
                 .find(|(a, _)| *a == addr)
                 .is_none_or(|(_, sent)| *sent < self.config.max_unconfirmed_probes)
+    }
+
+    /// Whether an address that has not spoken is due a request in search round `round`.
+    fn due_in_round(&self, addr: SocketAddr, round: u32) -> bool {
+        if self.confirmed.contains(&addr) {
+            return true;
+        }
+        let sent = self
+            .unconfirmed
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map_or(0, |(_, sent)| *sent);
+        self.config
+            .unconfirmed_rounds
+            .get(sent as usize)
+            .is_none_or(|first_round| round >= *first_round)
     }
 
     fn confirm(&mut self, addr: SocketAddr) {

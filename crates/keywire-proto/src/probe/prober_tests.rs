@@ -216,7 +216,7 @@ fn a_network_change_lets_silent_candidates_be_probed_again() {
     let (mut a, _) = pair(t0, &[addr(2)], &[]);
     let mut now = t0;
     let mut before = 0;
-    for _ in 0..20 {
+    for _ in 0..30 {
         a.handle_timeout(now);
         before += drain(&mut a).len();
         now = a.poll_timeout().unwrap_or(now + Duration::from_secs(5));
@@ -225,7 +225,7 @@ fn a_network_change_lets_silent_candidates_be_probed_again() {
     assert_eq!(before as u32, c.max_unconfirmed_probes, "silent: given up");
     a.network_changed(now);
     let mut after = 0;
-    for _ in 0..20 {
+    for _ in 0..30 {
         a.handle_timeout(now);
         after += drain(&mut a).len();
         now = a.poll_timeout().unwrap_or(now + Duration::from_secs(5));
@@ -234,4 +234,23 @@ fn a_network_change_lets_silent_candidates_be_probed_again() {
         after as u32, c.max_unconfirmed_probes,
         "probed again, and again bounded"
     );
+}
+
+#[test]
+fn a_silent_address_gets_its_five_requests_spread_over_five_seconds() {
+    let t0 = Instant::now();
+    let (mut a, _) = pair(t0, &[addr(2)], &[]);
+    let mut now = t0;
+    let mut sent_at = Vec::new();
+    while now < t0 + Duration::from_secs(120) {
+        a.handle_timeout(now);
+        for _ in drain(&mut a) {
+            sent_at.push((now - t0).as_millis());
+        }
+        let Some(next) = a.poll_timeout() else { break };
+        now = next;
+    }
+    // Rounds 0, 1, 2, 8 and 24 of 200 ms: the last keeps our NAT's hole open for a peer that
+    // starts probing five seconds after us.
+    assert_eq!(sent_at, [0, 200, 400, 1600, 4800]);
 }
