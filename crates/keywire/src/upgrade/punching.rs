@@ -99,8 +99,9 @@ impl Punching {
             }
             Event::Nat(None) => {}
             Event::Hit(hit) => {
-                // The first hit wins; the attempt's other sockets close now.
-                if self.hard.take().is_some() && self.side_socket.is_none() {
+                // The first hit of an attempt wins; its other sockets close now. A side socket
+                // of an earlier attempt (whose path died) gives way to the new one.
+                if self.hard.take().is_some() {
                     Metrics::inc(&up.metrics.birthday_hits);
                     self.side_socket = Some(SideSocket::adopt(&up.socket, hit));
                 }
