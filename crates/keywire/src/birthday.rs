@@ -120,7 +120,11 @@ async fn probe_from(socket: UdpSocket, probing: Arc<Probing>) {
                 }
             }
             received = socket.recv_from(&mut buf) => {
-                let Ok((len, from)) = received else { continue };
+                let Ok((len, from)) = received else {
+                    // An error (an ICMP report on some systems) must not spin the task.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 if is_peer_request(&probing, from, &buf[..len]) {
                     let hit = Hit { socket, from, datagram: buf[..len].to_vec() };
                     let _ = probing.hits.send(hit).await;
