@@ -147,7 +147,6 @@ class MatrixTrial:
     connected: bool = False
     completed: bool = False
     as_expected: bool = False
-    direct_in_window: bool = False
     start: str = ""
     final: str = ""
     went_direct: bool = False
@@ -232,11 +231,11 @@ def verdict(t, pair, dialer, listener, window_s):
             problems.append(f"direct at {t.to_direct_ms} ms, later than {window_s:g} s")
         elif t.final != "direct":
             problems.append(f"final path {t.final or '-'}, expected direct")
-        t.direct_in_window = not problems
         if pair.same_room and (t.start != "direct" or t.went_relayed):
             problems.append(f"relayed in the same room (start {t.start or '-'})")
     else:
-        if t.went_direct or t.final == "direct" or t.to_direct_ms is not None:
+        if t.went_direct or t.final == "direct" or t.to_direct_ms is not None \
+                or any(_is_direct(e) for _, e in listener.events):
             problems.append("went direct: expected relayed only")
         for side, proc, kind in (("dialer", dialer, pair.dialer),
                                  ("listener", listener, pair.listener)):
