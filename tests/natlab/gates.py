@@ -205,18 +205,22 @@ def same_addr(a, b):
 
 def listener_room(lab, kind):
     """The listener's room: pub1 if public, else a router of `kind` of its own (so that both
-    peers can sit behind routers of the same kind)."""
+    peers can sit behind routers of the same kind); cgnat: a home router behind a carrier router
+    of its own; ipv6-fw: an IPv6 room."""
     key = f"gl-{kind}"
     if key in lab.rooms:
         return lab.rooms[key]
     if kind == "public":
         room = Room(kind, [lab.hosts["pub1"]], [], 4)
+    elif kind == "cgnat":
+        carrier = lab.add_router(f"r-{key}-carrier", "carrier")
+        home = lab.add_router(f"r-{key}-home", "port-restricted", upstream=carrier)
+        room = Room(kind, [lab.add_peer(home, f"{key}-a")], [carrier, home], 4)
     else:
-        if kind not in routers.ROUTER_OF_ROOM or kind in ("cgnat", "ipv6-fw") \
-                or kind in routers.ROOM_PEERS:
+        if kind not in routers.ROUTER_OF_ROOM or kind in routers.ROOM_PEERS:
             raise ValueError(f"gate scenarios: unsupported listener kind {kind!r}")
         r = lab.add_router(f"r-{key}", routers.ROUTER_OF_ROOM[kind])
-        room = Room(kind, [lab.add_peer(r, f"{key}-a")], [r], 4)
+        room = Room(kind, [lab.add_peer(r, f"{key}-a")], [r], routers.KINDS[kind][1])
     lab.rooms[key] = room
     return room
 

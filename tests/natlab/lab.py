@@ -186,6 +186,16 @@ def self_checks(lab, binary):
     ok &= caught
     print(f"self-check: nat-classify {'flags' if caught else 'DOES NOT FLAG'} an "
           f"endpoint-independent NAT that was expected to be endpoint-dependent", flush=True)
+    # The matrix: a NAT'd dialer reaches a public listener directly, so a demand for a relayed
+    # path must be flagged (while the bytes still arrive).
+    import matrix
+    mt = matrix.run_matrix_trial(lab, binary, scenarios.holepunch_matrix(trials=1),
+                                 matrix.MatrixPair("port-restricted", "public", "R"), data, data,
+                                 lab.tmpdir)
+    caught = mt.completed and mt.went_direct and not mt.as_expected
+    ok &= caught
+    print(f"self-check: the matrix {'flags' if caught else 'DOES NOT FLAG'} a direct path where "
+          f"relayed was expected", flush=True)
     return ok
 
 
@@ -325,11 +335,12 @@ def main(argv=None):
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("ci", help="probes + the short scenario table")
-    common(p, max_seconds=900)
+    common(p, max_seconds=1800)
     p.set_defaults(fn=cmd_ci)
 
     p = sub.add_parser("bench", help="probes + the long scenario tables, JSON figures")
-    common(p, max_seconds=3600)
+    # The matrix's 20 trials of 56 pairs take most of it (docs/natlab.md).
+    common(p, max_seconds=4 * 3600)
     p.set_defaults(fn=lambda a: cmd_ci(a, bench=True))
 
     p = sub.add_parser("fwdbench", help="does the delay line bottleneck 20 MiB?")

@@ -4,6 +4,8 @@ A `KeywireProc` starts `keywire --json ...` in a namespace (recorded for cleanup
 runner), feeds stdin from a file, hashes stdout (and notes when its first byte arrived), and
 collects the JSON events of stderr with the runner's receive time. With `stdin_rate` (bytes per
 second) stdin is fed from the file at that pace, so a transfer stays in flight for a known time.
+With `stdin_hold` (a threading.Event) nothing is fed until the runner sets it, so a connection can
+be watched (e.g. until it goes direct) before its payload starts.
 """
 
 import hashlib
@@ -16,7 +18,7 @@ import time
 
 class KeywireProc:
     def __init__(self, lab, binary, host, args, keyfile, network, stdin_path=None, label="",
-                 stdin_rate=None):
+                 stdin_rate=None, stdin_hold=None):
         self.label = label or host.name
         self.events = []  # (monotonic time received, dict)
         self.text = []  # stderr lines that are not JSON
@@ -26,7 +28,7 @@ class KeywireProc:
         self.last_byte_t = None
         self._cv = threading.Condition()
         self.lab = lab
-        paced = stdin_path is not None and stdin_rate is not None
+        paced = stdin_path is not None and (stdin_rate is not None or stdin_hold is not None)
         if paced:
             stdin = subprocess.PIPE
         else:
@@ -40,13 +42,18 @@ class KeywireProc:
         self._threads = [threading.Thread(target=self._read_out, daemon=True),
                          threading.Thread(target=self._read_err, daemon=True)]
         if paced:
-            threading.Thread(target=self._feed, args=(stdin_path, stdin_rate), daemon=True).start()
+            threading.Thread(target=self._feed, args=(stdin_path, stdin_rate, stdin_hold),
+                             daemon=True).start()
         for t in self._threads:
             t.start()
 
-    def _feed(self, path, rate):
-        """Writes the file to stdin at `rate` bytes/s (in 64 KiB steps), then closes stdin."""
+    def _feed(self, path, rate, hold=None):
+        """Writes the file to stdin at `rate` bytes/s (None: at once; in 64 KiB steps), once
+        `hold` is set (if given), then closes stdin."""
         sink = self.proc.stdin
+        if hold is not None:
+            # Bounded: a runner that forgets to release cannot leave the feeder behind forever.
+            hold.wait(600)
         t0 = time.monotonic()
         sent = 0
         try:
@@ -55,7 +62,7 @@ class KeywireProc:
                     chunk = f.read(64 << 10)
                     if not chunk:
                         break
-                    ahead = sent / rate - (time.monotonic() - t0)
+                    ahead = sent / rate - (time.monotonic() - t0) if rate else 0
                     if ahead > 0:
                         time.sleep(ahead)
                     sink.write(chunk)

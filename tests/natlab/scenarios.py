@@ -7,6 +7,7 @@ returning `Scenario` objects, registered in SCENARIOS.
 from dataclasses import dataclass, field
 
 import gates
+import matrix
 import natclass
 import routers
 from gates import GateExpect
@@ -167,6 +168,16 @@ def nat_classify(trials=2, delay_ms=20.0):
                     run=natclass.run_scenario, params={"nat_wait_s": 10.0})
 
 
+def holepunch_matrix(trials=2, delay_ms=20.0, payload_bytes=256 << 10, direct_window_s=15.0):
+    """Every ordered pair of room kinds (public, full-cone, port-restricted, snat-range,
+    symmetric, cgnat, udp-blocked, ipv6-fw; plus two peers behind one router) with one gate, each
+    with its expected final path: D direct, B direct by birthday probing (within 15 s), R relayed
+    (never direct). 256 KiB each, held until the path is direct or 15 s passed (matrix.py)."""
+    return Scenario("holepunch-matrix", holepunch_matrix.__doc__, matrix.matrix_pairs(),
+                    payload_bytes=payload_bytes, trials=trials, delay_ms=delay_ms,
+                    run=matrix.run_scenario, params={"direct_window_s": direct_window_s})
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
@@ -180,6 +191,7 @@ SCENARIOS = {
     "gate-udp-blocked": gate_udp_blocked,
     "gate-udp-unblocked": gate_udp_unblocked,
     "nat-classify": nat_classify,
+    "holepunch-matrix": holepunch_matrix,
 }
 
 
@@ -190,7 +202,7 @@ def ci_scenarios():
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
             gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1),
             gate_udp_blocked(trials=1, payload_bytes=4 * MIB), gate_udp_unblocked(trials=1),
-            nat_classify(trials=1)]
+            nat_classify(trials=1), holepunch_matrix(trials=2)]
 
 
 def bench_scenarios():
@@ -200,4 +212,4 @@ def bench_scenarios():
             + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
                gate_killed_while_direct(trials=5), gate_failover(trials=5),
                gate_udp_blocked(trials=5), gate_udp_unblocked(trials=5),
-               nat_classify(trials=5)])
+               nat_classify(trials=5), holepunch_matrix(trials=20)])

@@ -35,6 +35,7 @@ PUBLIC_HOSTS = {
 }
 ROUTER_WAN_V4 = "203.0.113.{}"
 ROUTER_WAN_V6 = "2001:db8:113::{:x}"
+FORWARDER_MAX_S = 4 * 3600
 
 
 class Host:
@@ -316,7 +317,10 @@ class Lab:
         ready = os.path.join(self.tmpdir, f"fwd-ready-{time.monotonic_ns()}")
         self.fwd_stats = os.path.join(self.tmpdir, f"fwd-stats-{time.monotonic_ns()}.json")
         args = [sys.executable, os.path.join(HERE, "delayfwd.py"), "--dev", TUN,
-                "--delay-ms", str(self.delay_ms), "--ready", ready, "--stats", self.fwd_stats]
+                "--delay-ms", str(self.delay_ms), "--ready", ready, "--stats", self.fwd_stats,
+                # As long as the longest run may last (bench, with the matrix: 4 h), not the
+                # forwarder's default hour: the runner stops it anyway.
+                "--max-seconds", str(FORWARDER_MAX_S)]
         for k, v in self.impair.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         self.forwarder = self.reg.spawn(self.inet, args)

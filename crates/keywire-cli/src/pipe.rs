@@ -140,7 +140,7 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
     report_connected(opts, &conn, None);
     let watcher = PathWatcher::spawn(opts.json, &conn, started);
     let stats = pipe(&conn, send, recv, Side::Listener, started).await?;
-    report_done(opts, &conn, stats, watcher.finish());
+    report_done(opts, &endpoint, &conn, stats, watcher.finish());
     endpoint.wait_idle().await;
     Ok(())
 }
@@ -165,7 +165,7 @@ pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<(
     report_connected(opts, &conn, Some(connect_time));
     let stats = pipe(&conn, send, recv, Side::Connector, started).await?;
     conn.close(VarInt::from_u32(close_code::DONE), b"done");
-    report_done(opts, &conn, stats, watcher.finish());
+    report_done(opts, &endpoint, &conn, stats, watcher.finish());
     endpoint.wait_idle().await;
     Ok(())
 }
@@ -371,9 +371,18 @@ impl PathWatcher {
     }
 }
 
-fn report_done(opts: &NodeOptions, conn: &Connection, stats: PipeStats, paths: PathSummary) {
+fn report_done(
+    opts: &NodeOptions,
+    endpoint: &keywire::Endpoint,
+    conn: &Connection,
+    stats: PipeStats,
+    paths: PathSummary,
+) {
     if opts.json {
         let quic = conn.stats();
+        // The endpoint's probe counters (this command serves one connection, so they are this
+        // connection's): what hole punching cost, for the NAT lab's matrix.
+        let metrics = endpoint.metrics();
         let (kind, gate) = path_json(conn.path());
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
         output::event(serde_json::json!({
@@ -390,6 +399,9 @@ fn report_done(opts: &NodeOptions, conn: &Connection, stats: PipeStats, paths: P
             "udp_datagrams_sent": quic.udp_tx.datagrams,
             "udp_datagrams_received": quic.udp_rx.datagrams,
             "lost_packets": quic.path.lost_packets,
+            "probes_sent": metrics.probes_sent,
+            // TODO(birthday): add `"birthday_probes_sent": metrics.birthday_probes_sent` here
+            // once MetricsSnapshot has it (being added to the core in parallel).
         }));
     }
 }
