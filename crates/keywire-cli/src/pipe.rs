@@ -400,8 +400,8 @@ fn report_done(
             "udp_datagrams_received": quic.udp_rx.datagrams,
             "lost_packets": quic.path.lost_packets,
             "probes_sent": metrics.probes_sent,
-            // TODO(birthday): add `"birthday_probes_sent": metrics.birthday_probes_sent` here
-            // once MetricsSnapshot has it (being added to the core in parallel).
+            "birthday_probes_sent": metrics.birthday_probes_sent,
+            "birthday_hits": metrics.birthday_hits,
         }));
     }
 }
