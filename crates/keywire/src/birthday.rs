@@ -210,3 +210,102 @@ async fn carry(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(seed: u8) -> ProbeKeys {
+        ProbeKeys::from_exported([seed; 32])
+    }
+
+    fn request_packet(keys: &ProbeKeys, sender: Role) -> Vec<u8> {
+        let request = keys.request(sender, rand::random());
+        let mut packet = Vec::new();
+        ControlPacket {
+            kind: ControlKind::Probe,
+            payload: &request,
+        }
+        .encode(&mut packet);
+        packet
+    }
+
+    /// The extra sockets each probe the target from a port of their own, and only an authentic
+    /// request of the peer from the target's IP makes a hit.
+    #[tokio::test]
+    async fn extra_sockets_probe_from_their_own_ports_and_hit_only_on_the_peers_request() {
+        let easy = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = easy.local_addr().unwrap();
+        let (hits_sender, mut hits) = mpsc::channel(4);
+        let metrics = Arc::new(Metrics::default());
+        let sockets = ExtraSockets::open(
+            &keys(1),
+            Role::Dialer,
+            IpAddr::from([127, 0, 0, 1]),
+            target,
+            8,
+            Duration::from_secs(60),
+            hits_sender,
+            metrics.clone(),
+        );
+        assert_eq!(sockets.opened, 8);
+        let mut ports = std::collections::HashSet::new();
+        let mut buf = [0u8; 2048];
+        while ports.len() < 8 {
+            let (len, from) =
+                tokio::time::timeout(Duration::from_secs(5), easy.recv_from(&mut buf))
+                    .await
+                    .expect("every extra socket probes the target")
+                    .unwrap();
+            let packet = ControlPacket::decode(&buf[..len]).unwrap();
+            assert!(matches!(
+                keys(1).open(packet.payload, Role::Acceptor),
+                Ok(Probe::Request { .. })
+            ));
+            ports.insert(from);
+        }
+        let mut extra: Vec<SocketAddr> = ports.into_iter().collect();
+
+        // Forged (another key), reflected (our own role) and from another IP: no hit.
+        easy.send_to(&request_packet(&keys(2), Role::Acceptor), extra[0])
+            .await
+            .unwrap();
+        easy.send_to(&request_packet(&keys(1), Role::Dialer), extra[1])
+            .await
+            .unwrap();
+        let elsewhere = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        elsewhere
+            .send_to(&request_packet(&keys(1), Role::Acceptor), extra[2])
+            .await
+            .unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(300), hits.recv()).await;
+        assert!(
+            quiet.is_err(),
+            "a hit from a forged, reflected or foreign request"
+        );
+
+        // The peer's request: a hit, carrying the socket that received it.
+        let winner = extra.pop().unwrap();
+        easy.send_to(&request_packet(&keys(1), Role::Acceptor), winner)
+            .await
+            .unwrap();
+        let hit = tokio::time::timeout(Duration::from_secs(5), hits.recv())
+            .await
+            .expect("a hit")
+            .unwrap();
+        assert_eq!(hit.from, target);
+        assert_eq!(hit.socket.local_addr().unwrap().port(), winner.port());
+        assert_eq!(
+            metrics
+                .birthday_sockets_opened
+                .load(std::sync::atomic::Ordering::Relaxed),
+            8
+        );
+        assert!(
+            metrics
+                .probes_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 3
+        );
+    }
+}
