@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::metrics::Metrics;
 use crate::socket::links::{Framing, LinkRegistration};
 use crate::socket::KeywireSocket;
+use crate::upgrade::probe_packet;
 
 /// Largest datagram a side socket reads (keywire never sends larger UDP payloads).
 const MAX_DATAGRAM: usize = 2048;
@@ -112,9 +113,7 @@ async fn probe_from(socket: UdpSocket, probing: Arc<Probing>) {
     loop {
         tokio::select! {
             _ = resend.tick() => {
-                let request = probing.keys.request(probing.role, rand::random());
-                let mut packet = Vec::with_capacity(request.len() + 2);
-                ControlPacket { kind: ControlKind::Probe, payload: &request }.encode(&mut packet);
+                let packet = probe_packet(&probing.keys.request(probing.role, rand::random()));
                 if socket.send_to(&packet, probing.target).await.is_ok() {
                     Metrics::inc(&probing.metrics.birthday_probes_sent);
                 }
@@ -220,14 +219,7 @@ mod tests {
     }
 
     fn request_packet(keys: &ProbeKeys, sender: Role) -> Vec<u8> {
-        let request = keys.request(sender, rand::random());
-        let mut packet = Vec::new();
-        ControlPacket {
-            kind: ControlKind::Probe,
-            payload: &request,
-        }
-        .encode(&mut packet);
-        packet
+        probe_packet(&keys.request(sender, rand::random()))
     }
 
     /// The extra sockets each probe the target from a port of their own, and only an authentic

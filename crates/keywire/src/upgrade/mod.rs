@@ -188,12 +188,7 @@ impl Upgrades {
 
     /// Hands an observation reply to whoever waits for its nonce; false if nobody does.
     fn observation_answered(&self, payload: &[u8]) -> bool {
-        let mut datagram = Vec::with_capacity(payload.len() + 2);
-        ControlPacket {
-            kind: ControlKind::Probe,
-            payload,
-        }
-        .encode(&mut datagram);
+        let datagram = probe_packet(payload);
         let Some(Observe::Reply { nonce, observed }) = Observe::decode(&datagram) else {
             return false;
         };
@@ -305,6 +300,19 @@ impl Upgrades {
         });
         Some(UpgradeGuard { _stop: stop })
     }
+}
+
+/// A control packet of the probe kind around `payload` (a path probe, a punch signal, or an
+/// address observation).
+pub(crate) fn probe_packet(payload: &[u8]) -> Vec<u8> {
+    let mut packet =
+        Vec::with_capacity(payload.len() + keywire_proto::datagram::CONTROL_HEADER_LEN);
+    ControlPacket {
+        kind: ControlKind::Probe,
+        payload,
+    }
+    .encode(&mut packet);
+    packet
 }
 
 /// Whether a socket bound at `local` can send to `to`: an IPv4 socket only to IPv4, a socket on
@@ -501,12 +509,7 @@ impl Task {
             punching.flush(up, self.virtual_addr).await;
         }
         while let Some((to, payload)) = prober.poll_transmit() {
-            let mut packet = Vec::with_capacity(payload.len() + 2);
-            ControlPacket {
-                kind: ControlKind::Probe,
-                payload: &payload,
-            }
-            .encode(&mut packet);
+            let packet = probe_packet(&payload);
             // A probe that cannot go out now is as good as lost; the prober retries.
             if up.socket.send_control(to, &packet).await.is_ok() {
                 Metrics::inc(&up.metrics.probes_sent);

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use keywire_proto::datagram::{ControlKind, ControlPacket};
 use keywire_proto::nat::NatReport;
 use keywire_proto::probe::punch::{Action, Punch, Spray};
 use keywire_proto::probe::ProbeKeys;
@@ -15,7 +14,7 @@ use keywire_proto::Role;
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-use super::Upgrades;
+use super::{probe_packet, Upgrades};
 use crate::birthday::{ExtraSockets, Hit, SideSocket};
 use crate::metrics::Metrics;
 
@@ -125,12 +124,7 @@ impl Punching {
             let now = Instant::now();
             match action {
                 Action::Signal(signal) => {
-                    let mut packet = Vec::with_capacity(signal.len() + 2);
-                    ControlPacket {
-                        kind: ControlKind::Probe,
-                        payload: &signal,
-                    }
-                    .encode(&mut packet);
+                    let packet = probe_packet(&signal);
                     // A lost signal is repeated by the plan (hellos, go) or costs one attempt.
                     if up
                         .socket
@@ -194,13 +188,7 @@ impl Punching {
             return;
         };
         for to in spray.poll_due(Instant::now()) {
-            let request = self.keys.request(self.role, rand::random());
-            let mut packet = Vec::with_capacity(request.len() + 2);
-            ControlPacket {
-                kind: ControlKind::Probe,
-                payload: &request,
-            }
-            .encode(&mut packet);
+            let packet = probe_packet(&self.keys.request(self.role, rand::random()));
             if up.socket.send_control(to, &packet).await.is_ok() {
                 Metrics::inc(&up.metrics.birthday_probes_sent);
             }
