@@ -254,6 +254,22 @@ impl Punch {
         self.handle_timeout(now);
     }
 
+    /// The hard side could not open `attempt`'s sockets now (another attempt of this node is
+    /// running, say): the attempt does not count, and is tried again `birthday_after` later.
+    pub fn defer(&mut self, attempt: u8, now: Instant) {
+        if let Phase::Hard {
+            attempt: current,
+            next_go: None,
+            ..
+        } = self.phase
+        {
+            if current == attempt {
+                self.attempts -= 1;
+                self.phase = Phase::Waiting { since: Some(now) };
+            }
+        }
+    }
+
     /// Handles a signal that came through the relay.
     pub fn handle(&mut self, payload: &[u8], now: Instant) -> Result<(), ProbeError> {
         let (seq, signal) = self.keys.open_signal(payload, self.role)?;

@@ -235,3 +235,21 @@ fn a_spray_probes_distinct_ports_at_the_rate_and_stops_at_the_cap() {
     assert!(by_second.iter().all(|&n| n <= 200), "{by_second:?}");
     assert!(spray.poll_due(now + Duration::from_secs(60)).is_empty());
 }
+
+#[test]
+fn a_deferred_attempt_does_not_count_and_comes_back() {
+    let (mut hard, mut easy, now) = pair();
+    let actions = run(&mut hard, &mut easy, now, now + Duration::from_secs(1));
+    assert!(matches!(
+        actions[..],
+        [Action::OpenSockets { attempt: 1, .. }]
+    ));
+    hard.defer(1, now + Duration::from_secs(1));
+    assert_eq!(hard.attempts(), 0);
+    let later = now + Duration::from_secs(2);
+    let actions = run(&mut hard, &mut easy, later, later);
+    assert!(
+        matches!(actions[..], [Action::OpenSockets { attempt: 1, .. }]),
+        "{actions:?}"
+    );
+}

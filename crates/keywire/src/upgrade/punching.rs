@@ -140,12 +140,14 @@ impl Punching {
                     sockets,
                     resend,
                 } => {
-                    // One attempt per node at a time: without the permit this one is skipped
-                    // (no go is sent; the plan tries again later).
+                    // One attempt per node at a time: without the permit this one waits (no
+                    // socket opened, no go sent; the plan tries again a moment later).
                     let Ok(permit) = up.birthday_permit.clone().try_acquire_owned() else {
+                        self.punch.defer(attempt, now);
                         continue;
                     };
                     let Ok(local) = up.socket.real_local_addr() else {
+                        self.punch.defer(attempt, now);
                         continue;
                     };
                     Metrics::inc(&up.metrics.birthday_attempts);
@@ -162,6 +164,10 @@ impl Punching {
                     if extra.opened > 0 {
                         self.hard = Some((extra, permit));
                         self.punch.sockets_open(attempt, now);
+                    } else {
+                        // No socket could be opened (out of file descriptors): the attempt
+                        // runs out its time without a go and counts.
+                        tracing::warn!("birthday probing: no extra socket could be opened");
                     }
                 }
                 Action::CloseSockets { .. } => self.hard = None,
