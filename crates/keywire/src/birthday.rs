@@ -80,6 +80,11 @@ impl ExtraSockets {
             (IpAddr::V6(v6), IpAddr::V4(_)) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0]),
             (ip, _) => ip,
         };
+        // Half of the descriptors still free at most: the rest of the node (gate links,
+        // files, other sockets) must not run out because of an attempt.
+        let count =
+            crate::sys::spare_file_descriptors().map_or(count, |spare| count.min(spare / 2));
+        let first = probe_packet(&probing.keys.request(role, rand::random()));
         let mut tasks = JoinSet::new();
         let mut opened = 0;
         for _ in 0..count {
@@ -88,6 +93,10 @@ impl ExtraSockets {
             };
             if std_socket.set_nonblocking(true).is_err() {
                 continue;
+            }
+            // The first request leaves now, so that the mapping exists before the go is sent.
+            if std_socket.send_to(&first, target).is_ok() {
+                Metrics::inc(&probing.metrics.birthday_probes_sent);
             }
             let Ok(socket) = UdpSocket::from_std(std_socket) else {
                 continue;
@@ -108,7 +117,10 @@ impl Drop for ExtraSockets {
 
 /// One extra socket: sends a request to the target every `resend` and waits for the peer's.
 async fn probe_from(socket: UdpSocket, probing: Arc<Probing>) {
-    let mut resend = tokio::time::interval(probing.resend);
+    let start = tokio::time::Instant::now() + probing.resend;
+    let mut resend = tokio::time::interval_at(start, probing.resend);
+    // A task that fell behind sends once, not a burst of missed ticks.
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         tokio::select! {
@@ -135,10 +147,10 @@ async fn probe_from(socket: UdpSocket, probing: Arc<Probing>) {
     }
 }
 
-/// Whether `datagram` from `from` is a valid path probe request of the peer, from the easy
-/// side's IP (the only one it sprays from).
+/// Whether `datagram` from `from` is a valid path probe request of the peer, from exactly the
+/// easy side's address (its mapping is endpoint-independent: it sprays from nowhere else).
 fn is_peer_request(probing: &Probing, from: SocketAddr, datagram: &[u8]) -> bool {
-    if from.ip() != probing.target.ip() {
+    if keywire_proto::ticket::canonical_addr(from) != probing.target {
         return false;
     }
     let Ok(packet) = ControlPacket::decode(datagram) else {
@@ -166,20 +178,25 @@ impl Drop for SideSocket {
 
 impl SideSocket {
     /// Makes `hit`'s socket the way to its sender: a link for that address, then hands the
-    /// request that won to the endpoint as if the main socket had received it.
-    pub(crate) fn adopt(main: &Arc<KeywireSocket>, hit: Hit) -> Self {
+    /// request that won to the endpoint as if the main socket had received it. `None` if that
+    /// address already has a link (another connection's side socket, or a gate's stream link):
+    /// a link stands for an address for the whole endpoint, and must not be taken from it.
+    pub(crate) fn adopt(main: &Arc<KeywireSocket>, hit: Hit) -> Option<Self> {
         let Hit {
             socket,
             from,
             datagram,
         } = hit;
+        if main.links.peer_of(&from).is_some() {
+            return None;
+        }
         let (outgoing, registration) = main.links.add(from, from, Framing::Datagram);
         let task = tokio::spawn(carry(main.clone(), socket, from, outgoing));
         main.deliver_from_link(from, datagram);
-        Self {
+        Some(Self {
             task,
             _registration: registration,
-        }
+        })
     }
 }
 

@@ -30,6 +30,7 @@ use super::signal::Signal;
 use super::{ProbeError, ProbeKeys};
 use crate::nat::Mapping;
 use crate::network_id::Role;
+use crate::ticket::canonical_addr;
 
 /// Limits and timing of [`Punch`] and [`Spray`].
 #[derive(Debug, Clone)]
@@ -174,6 +175,32 @@ pub struct Punch {
     attempts: u8,
     phase: Phase,
     actions: VecDeque<Action>,
+    /// The peer's handshake candidates, and our own IPs (see [`Punch::set_peer_candidates`]).
+    peer_candidates: Vec<SocketAddr>,
+    ours: Vec<IpAddr>,
+}
+
+/// Whether `ip` can be a NAT's outside address: not loopback, private, link-local, multicast,
+/// unspecified, broadcast, nor unique-local IPv6 (keywire's virtual addresses are there).
+pub fn is_public_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || first & 0xfe00 == 0xfc00
+                || first & 0xffc0 == 0xfe80)
+        }
+    }
 }
 
 impl Punch {
@@ -194,6 +221,8 @@ impl Punch {
             attempts: 0,
             phase: Phase::Waiting { since: None },
             actions: VecDeque::new(),
+            peer_candidates: Vec::new(),
+            ours: Vec::new(),
         }
     }
 
@@ -283,6 +312,9 @@ impl Punch {
                 reflexive,
                 heard,
             } => {
+                // An address the peer did not also name in its handshake, or one no NAT can
+                // stand for, is no target: birthday probing would aim at someone else.
+                let reflexive = reflexive.filter(|a| self.may_target(*a));
                 self.peer = Some(Nat { mapping, reflexive });
                 self.peer_heard_us |= heard;
                 // A hello that has not heard us is answered at once; once the peer has heard
@@ -297,6 +329,22 @@ impl Punch {
         }
         self.handle_timeout(now);
         Ok(())
+    }
+
+    /// The peer's candidates from the connection's handshake: a reflexive address in a hello
+    /// counts only if it is one of them (the peer's own authenticated claim, made before any
+    /// punching), and only if it is a public unicast address that is not one of `ours`.
+    pub fn set_peer_candidates(&mut self, candidates: &[SocketAddr], ours: &[SocketAddr]) {
+        self.peer_candidates = candidates.iter().map(|a| canonical_addr(*a)).collect();
+        self.ours = ours.iter().map(|a| canonical_addr(*a).ip()).collect();
+    }
+
+    fn may_target(&self, addr: SocketAddr) -> bool {
+        let addr = canonical_addr(addr);
+        addr.port() != 0
+            && is_public_unicast(addr.ip())
+            && !self.ours.contains(&addr.ip())
+            && self.peer_candidates.contains(&addr)
     }
 
     fn side(&self) -> Option<Side> {
@@ -345,7 +393,16 @@ impl Punch {
                 Some(since + self.config.birthday_after)
             }
             Phase::Waiting { .. } => None,
-            Phase::Hard { until, next_go, .. } => Some(next_go.map_or(until, |go| go.min(until))),
+            Phase::Hard {
+                until,
+                next_go,
+                gos_left,
+                ..
+            } => Some(
+                next_go
+                    .filter(|_| gos_left > 0)
+                    .map_or(until, |go| go.min(until)),
+            ),
             Phase::Easy { until, .. } => Some(until),
         };
         let hello = self.next_hello.filter(|_| self.may_hello());
@@ -470,6 +527,9 @@ pub struct Spray {
     rng: ChaCha20Rng,
 }
 
+/// Most spray probes sent at once after a stall (50 ms worth at 200/s).
+pub const SPRAY_BURST: u32 = 10;
+
 /// Lowest port a spray probes: below are well-known ports no NAT hands out.
 pub const SPRAY_FIRST_PORT: u16 = 1024;
 
@@ -502,9 +562,21 @@ impl Spray {
         allowed.min(u128::from(self.max)) as u32
     }
 
-    /// The addresses to probe now (none once `max_probes` went out).
+    /// The addresses to probe now (none once `max_probes` went out). After a stall (a driver
+    /// that could not call for a while), at most [`SPRAY_BURST`] go out at once and the
+    /// schedule resumes from `now`: the rate holds over every second.
     pub fn poll_due(&mut self, now: Instant) -> Vec<SocketAddr> {
-        let due = self.allowed_by(now).saturating_sub(self.sent);
+        let mut due = self.allowed_by(now).saturating_sub(self.sent);
+        if due > SPRAY_BURST {
+            due = SPRAY_BURST;
+            // The first probe is due at `start`: `sent + due` probes are due `sent + due - 1`
+            // intervals after it.
+            let behind =
+                u64::from(self.sent + due - 1) * 1_000_000_000 / u64::from(self.per_second);
+            self.start = now
+                .checked_sub(Duration::from_nanos(behind))
+                .unwrap_or(self.start);
+        }
         let mut out = Vec::with_capacity(due as usize);
         for _ in 0..due {
             let port = self.fresh_port();

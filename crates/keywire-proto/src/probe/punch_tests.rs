@@ -13,6 +13,8 @@ fn pair() -> (Punch, Punch, Instant) {
     let now = Instant::now();
     let mut hard = Punch::new(keys(), Role::Dialer, PunchConfig::default());
     let mut easy = Punch::new(keys(), Role::Acceptor, PunchConfig::default());
+    hard.set_peer_candidates(&[EASY_ADDR.parse().unwrap()], &[]);
+    easy.set_peer_candidates(&[HARD_ADDR.parse().unwrap()], &[]);
     hard.set_local(
         Mapping::EndpointDependent,
         Some(HARD_ADDR.parse().unwrap()),
@@ -146,6 +148,8 @@ fn no_birthday_when_both_or_neither_map_endpoint_dependently_or_one_has_no_nat()
         let now = Instant::now();
         let mut one = Punch::new(keys(), Role::Dialer, PunchConfig::default());
         let mut two = Punch::new(keys(), Role::Acceptor, PunchConfig::default());
+        one.set_peer_candidates(&[EASY_ADDR.parse().unwrap()], &[]);
+        two.set_peer_candidates(&[HARD_ADDR.parse().unwrap()], &[]);
         one.set_local(a, Some(HARD_ADDR.parse().unwrap()), now);
         two.set_local(b, Some(EASY_ADDR.parse().unwrap()), now);
         let actions = run(&mut one, &mut two, now, now + Duration::from_secs(60));
@@ -251,5 +255,56 @@ fn a_deferred_attempt_does_not_count_and_comes_back() {
     assert!(
         matches!(actions[..], [Action::OpenSockets { attempt: 1, .. }]),
         "{actions:?}"
+    );
+}
+
+#[test]
+fn a_reflexive_address_outside_the_handshake_or_not_public_is_no_target() {
+    for (claimed, candidates) in [
+        // Not among the peer's handshake candidates: a third party.
+        ("192.0.2.99:5000", vec![EASY_ADDR]),
+        // Among them, but private, loopback or ours.
+        ("10.0.0.7:5000", vec!["10.0.0.7:5000"]),
+        ("127.0.0.1:5000", vec!["127.0.0.1:5000"]),
+        (HARD_ADDR, vec![HARD_ADDR]),
+    ] {
+        let now = Instant::now();
+        let mut hard = Punch::new(keys(), Role::Dialer, PunchConfig::default());
+        let candidates: Vec<SocketAddr> = candidates.iter().map(|c| c.parse().unwrap()).collect();
+        hard.set_peer_candidates(&candidates, &[HARD_ADDR.parse().unwrap()]);
+        hard.set_local(
+            Mapping::EndpointDependent,
+            Some(HARD_ADDR.parse().unwrap()),
+            now,
+        );
+        let hello = Signal::Hello {
+            mapping: Mapping::EndpointIndependent,
+            reflexive: Some(claimed.parse().unwrap()),
+            heard: true,
+        };
+        hard.handle(&keys().signal(Role::Acceptor, 1, &hello), now)
+            .unwrap();
+        hard.handle_timeout(now + Duration::from_secs(30));
+        while let Some(action) = hard.poll_action() {
+            assert!(matches!(action, Action::Signal(_)), "{claimed}: {action:?}");
+        }
+    }
+}
+
+#[test]
+fn a_stalled_spray_resumes_at_its_rate_not_in_one_burst() {
+    let config = PunchConfig::default();
+    let start = Instant::now();
+    let mut spray = Spray::new("203.0.113.10".parse().unwrap(), &config, start, [2; 32]);
+    assert_eq!(spray.poll_due(start).len(), 1);
+    // The driver was blocked for 8 s: no catch-up burst.
+    let later = start + Duration::from_secs(8);
+    assert_eq!(spray.poll_due(later).len() as u32, SPRAY_BURST);
+    assert!(spray.poll_due(later).is_empty());
+    let second = later + Duration::from_secs(1);
+    let sent = spray.poll_due(second).len() as u32;
+    assert!(
+        sent <= config.probes_per_second + 1,
+        "{sent} in the second after"
     );
 }

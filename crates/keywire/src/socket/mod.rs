@@ -183,11 +183,13 @@ fn segment_of(transmit: &Transmit) -> usize {
 /// Whether a QUIC datagram may open a new path: a long-header Initial packet (RFC 9000 §17.2.2:
 /// header form 1, fixed bit 1, type 0). Clients pad Initials to 1200 bytes (§14.1), so a short
 /// one cannot start a connection either.
-/// Whether a relay frame's payload is a control packet of the probe kind (a punch signal).
+/// Whether a relay frame's payload is a punch signal (a control packet of the probe kind
+/// carrying one). Path probes never count through a relay: they prove real addresses.
 fn is_relayed_control(payload: &[u8]) -> bool {
     matches!(
         keywire_proto::datagram::ControlPacket::decode(payload),
         Ok(packet) if packet.kind == keywire_proto::datagram::ControlKind::Probe
+            && keywire_proto::probe::signal::is_signal(packet.payload)
     )
 }
 

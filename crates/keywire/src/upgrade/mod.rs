@@ -264,7 +264,7 @@ impl Upgrades {
             let keys = ProbeKeys::from_exported(exported);
             let mut seed = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut seed);
-            let punching = punching::Punching::new(self, keys.clone(), role);
+            let punching = punching::Punching::new(self, keys.clone(), role, peer_candidates);
             let prober = Prober::new(
                 keys,
                 role,

@@ -35,20 +35,32 @@ pub(super) struct Punching {
     /// The extra socket the connection's direct path may run over, kept for its lifetime.
     side_socket: Option<SideSocket>,
     spray: Option<(Spray, OwnedSemaphorePermit)>,
+    /// A spray the plan asked for, waiting for this node's other attempt to end.
+    waiting_spray: Option<std::net::IpAddr>,
 }
+
+/// How often a waiting spray checks whether this node's other attempt ended.
+const SPRAY_PERMIT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Punching {
     /// Starts punching for a connection whose probe keys are `keys`; finds out our NAT kind in
     /// the background.
-    pub(super) fn new(upgrades: &Arc<Upgrades>, keys: ProbeKeys, role: Role) -> Self {
+    pub(super) fn new(
+        upgrades: &Arc<Upgrades>,
+        keys: ProbeKeys,
+        role: Role,
+        peer_candidates: &[SocketAddr],
+    ) -> Self {
         let (answer, nat) = oneshot::channel();
         let up = upgrades.clone();
         tokio::spawn(async move {
             let _ = answer.send(up.local_nat().await);
         });
         let (hits_sender, hits) = mpsc::channel(HITS_QUEUE);
+        let mut punch = Punch::new(keys.clone(), role, upgrades.punch_config.clone());
+        punch.set_peer_candidates(peer_candidates, &upgrades.local_candidates());
         Self {
-            punch: Punch::new(keys.clone(), role, upgrades.punch_config.clone()),
+            punch,
             keys,
             role,
             nat: Some(nat),
@@ -57,12 +69,16 @@ impl Punching {
             hits_sender,
             side_socket: None,
             spray: None,
+            waiting_spray: None,
         }
     }
 
     /// When [`Punching::on_timeout`] wants to run.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        let spray = self.spray.as_ref().and_then(|(s, _)| s.next_at());
+        let spray = match self.waiting_spray {
+            Some(_) => Some(Instant::now() + SPRAY_PERMIT_RETRY),
+            None => self.spray.as_ref().and_then(|(s, _)| s.next_at()),
+        };
         match (self.punch.poll_timeout(), spray) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -101,8 +117,10 @@ impl Punching {
                 // The first hit of an attempt wins; its other sockets close now. A side socket
                 // of an earlier attempt (whose path died) gives way to the new one.
                 if self.hard.take().is_some() {
-                    Metrics::inc(&up.metrics.birthday_hits);
-                    self.side_socket = Some(SideSocket::adopt(&up.socket, hit));
+                    if let Some(side) = SideSocket::adopt(&up.socket, hit) {
+                        Metrics::inc(&up.metrics.birthday_hits);
+                        self.side_socket = Some(side);
+                    }
                 }
             }
         }
@@ -171,17 +189,23 @@ impl Punching {
                     }
                 }
                 Action::CloseSockets { .. } => self.hard = None,
-                Action::Spray { ip, .. } => {
-                    let Ok(permit) = up.birthday_permit.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    Metrics::inc(&up.metrics.birthday_attempts);
-                    let mut seed = [0u8; 32];
-                    rand::thread_rng().fill_bytes(&mut seed);
-                    let spray = Spray::new(ip, &up.punch_config, now, seed);
-                    self.spray = Some((spray, permit));
+                // The spray starts when this node's one attempt at a time is free, within the
+                // attempt's time (StopSpray ends the wait too).
+                Action::Spray { ip, .. } => self.waiting_spray = Some(ip),
+                Action::StopSpray { .. } => {
+                    self.spray = None;
+                    self.waiting_spray = None;
                 }
-                Action::StopSpray { .. } => self.spray = None,
+            }
+        }
+        if let Some(ip) = self.waiting_spray {
+            if let Ok(permit) = up.birthday_permit.clone().try_acquire_owned() {
+                self.waiting_spray = None;
+                Metrics::inc(&up.metrics.birthday_attempts);
+                let mut seed = [0u8; 32];
+                rand::thread_rng().fill_bytes(&mut seed);
+                let spray = Spray::new(ip, &up.punch_config, Instant::now(), seed);
+                self.spray = Some((spray, permit));
             }
         }
         self.send_spray(up).await;
