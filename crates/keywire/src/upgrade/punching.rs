@@ -117,6 +117,8 @@ impl Punching {
                 // The first hit of an attempt wins; its other sockets close now. A side socket
                 // of an earlier attempt (whose path died) gives way to the new one.
                 if self.hard.take().is_some() {
+                    // Ours from an earlier attempt goes first: its link would block the new one.
+                    self.side_socket = None;
                     if let Some(side) = SideSocket::adopt(&up.socket, hit) {
                         Metrics::inc(&up.metrics.birthday_hits);
                         self.side_socket = Some(side);
