@@ -63,6 +63,8 @@ pub(crate) struct Upgrades {
     punch_config: PunchConfig,
     /// One birthday attempt per node at a time (either side): its permit.
     birthday_permit: Arc<tokio::sync::Semaphore>,
+    /// Birthday attempts per peer key, over all its connections.
+    birthday_budget: punching::PeerBudget,
     nat_source: NatSourceCell,
     /// The latest NAT report and when it was made.
     nat_cache: tokio::sync::Mutex<Option<(Instant, NatReport)>>,
@@ -114,6 +116,7 @@ impl Upgrades {
             udp_works_again: tokio::sync::watch::Sender::new(0),
             punch_config: PunchConfig::default(),
             birthday_permit: Arc::new(tokio::sync::Semaphore::new(1)),
+            birthday_budget: punching::PeerBudget::default(),
             nat_source: NatSourceCell::default(),
             nat_cache: tokio::sync::Mutex::default(),
         }
@@ -264,7 +267,7 @@ impl Upgrades {
             let keys = ProbeKeys::from_exported(exported);
             let mut seed = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut seed);
-            let punching = punching::Punching::new(self, keys.clone(), role, peer_candidates);
+            let punching = punching::Punching::new(self, keys.clone(), role, peer, peer_candidates);
             let prober = Prober::new(
                 keys,
                 role,

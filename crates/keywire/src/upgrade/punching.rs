@@ -10,7 +10,7 @@ use std::time::Instant;
 use keywire_proto::nat::NatReport;
 use keywire_proto::probe::punch::{Action, Punch, Spray};
 use keywire_proto::probe::ProbeKeys;
-use keywire_proto::Role;
+use keywire_proto::{NodeId, Role};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
@@ -27,6 +27,7 @@ pub(super) struct Punching {
     punch: Punch,
     keys: ProbeKeys,
     role: Role,
+    peer: NodeId,
     /// This node's NAT report, while it is being found out.
     nat: Option<oneshot::Receiver<Option<NatReport>>>,
     hard: Option<(ExtraSockets, OwnedSemaphorePermit)>,
@@ -49,6 +50,7 @@ impl Punching {
         upgrades: &Arc<Upgrades>,
         keys: ProbeKeys,
         role: Role,
+        peer: NodeId,
         peer_candidates: &[SocketAddr],
     ) -> Self {
         let (answer, nat) = oneshot::channel();
@@ -63,6 +65,7 @@ impl Punching {
             punch,
             keys,
             role,
+            peer,
             nat: Some(nat),
             hard: None,
             hits,
@@ -170,6 +173,10 @@ impl Punching {
                         self.punch.defer(attempt, now);
                         continue;
                     };
+                    // Over this peer's budget: the attempt runs out its time unopened.
+                    if !up.birthday_budget.try_spend(self.peer, now) {
+                        continue;
+                    }
                     Metrics::inc(&up.metrics.birthday_attempts);
                     let extra = ExtraSockets::open(
                         &self.keys,
@@ -203,6 +210,9 @@ impl Punching {
         if let Some(ip) = self.waiting_spray {
             if let Ok(permit) = up.birthday_permit.clone().try_acquire_owned() {
                 self.waiting_spray = None;
+                if !up.birthday_budget.try_spend(self.peer, Instant::now()) {
+                    return;
+                }
                 Metrics::inc(&up.metrics.birthday_attempts);
                 let mut seed = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut seed);
@@ -250,10 +260,68 @@ impl Drop for Punching {
     }
 }
 
+/// Birthday attempts one peer key may cause, over all its connections, per window: a peer that
+/// opens connection after connection cannot keep this node spraying.
+const PER_PEER_ATTEMPTS: u32 = 4;
+const PER_PEER_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+/// Peers tracked at most; when full, expired entries go, and if none has, nobody new may try.
+const PER_PEER_TRACKED: usize = 4096;
+
+/// See [`PER_PEER_ATTEMPTS`].
+#[derive(Debug, Default)]
+pub(super) struct PeerBudget {
+    spent: std::sync::Mutex<std::collections::HashMap<NodeId, (Instant, u32)>>,
+}
+
+impl PeerBudget {
+    /// Takes one attempt from `peer`'s budget; false if it has none left.
+    pub(super) fn try_spend(&self, peer: NodeId, now: Instant) -> bool {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < PER_PEER_WINDOW;
+        if spent.len() >= PER_PEER_TRACKED && !spent.contains_key(&peer) {
+            spent.retain(|_, (at, _)| fresh(at));
+            if spent.len() >= PER_PEER_TRACKED {
+                return false;
+            }
+        }
+        let entry = spent.entry(peer).or_insert((now, 0));
+        if !fresh(&entry.0) {
+            *entry = (now, 0);
+        }
+        if entry.1 >= PER_PEER_ATTEMPTS {
+            return false;
+        }
+        entry.1 += 1;
+        true
+    }
+}
+
 /// What [`Punching::next_event`] brings.
 pub(super) enum Event {
     /// This node's NAT report (`None`: no gate to tell).
     Nat(Option<NatReport>),
     /// An extra socket received the peer's probe.
     Hit(Hit),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_four_attempts_per_ten_minutes_over_all_its_connections() {
+        let budget = PeerBudget::default();
+        let now = Instant::now();
+        let key = || keywire_proto::SecretKey::generate(&mut rand::rngs::OsRng).node_id();
+        let (peer, other) = (key(), key());
+        for _ in 0..PER_PEER_ATTEMPTS {
+            assert!(budget.try_spend(peer, now));
+        }
+        assert!(!budget.try_spend(peer, now), "over budget");
+        assert!(budget.try_spend(other, now), "another peer has its own");
+        assert!(
+            budget.try_spend(peer, now + PER_PEER_WINDOW),
+            "a new window"
+        );
+    }
 }
