@@ -24,9 +24,10 @@ const REMEMBERED_PEERS: usize = 256;
 pub(crate) struct GateRegistry {
     joined: Mutex<Vec<Joined>>,
     known: Mutex<VecDeque<(NodeId, Vec<NodeAddr>)>>,
-    /// Gates whose registration over a stream link died (at most [`MAX_TICKET_GATES`], by the
-    /// gate's address): the link may have broken with the gate alive (a proxy dropping a long
-    /// tunnel), so [`Endpoint::reroute`] may join them again, after every other gate.
+    /// Gates whose registration died (at most [`MAX_TICKET_GATES`], by the gate's address): the
+    /// gate may be alive — a stream link broken by a proxy dropping a long tunnel, or our NAT
+    /// forgetting our mapping so that we now come from an address the gate's connection does
+    /// not migrate to —, so [`Endpoint::reroute`] may join them again, after every other gate.
     broken_links: Mutex<VecDeque<(SocketAddr, NodeAddr)>>,
 }
 
@@ -56,7 +57,10 @@ impl GateRegistry {
         let mut broken = Vec::new();
         joined.retain(|j| {
             let alive = j.client.is_alive();
-            if !alive && j.client.over_stream_link() {
+            // Remembered for one more try (`reroute`): a broken stream link, or a NAT that
+            // moved us to an address the gate does not know (its connections do not migrate),
+            // may be all that died, and a new registration mends it.
+            if !alive {
                 broken.push((j.client.gate_addr(), j.addr.clone()));
             }
             alive
@@ -78,7 +82,8 @@ impl GateRegistry {
         self.broken_links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The gate at `addr`, if our registration there died with its stream link.
+    /// The gate at `addr`, if our registration there died (its stream link broke, or our
+    /// address changed under it).
     fn broken_link(&self, addr: SocketAddr) -> Option<NodeAddr> {
         self.broken_links()
             .iter()
@@ -293,8 +298,8 @@ impl Endpoint {
 
     /// Finds another relay to `peer` than the dead gate at `dead`: through a gate we joined or
     /// one of the peer's ticket, joining it if needed, and asking it for an introduction. Last,
-    /// if our registration at `dead` went over a stream link that broke, through `dead` again
-    /// over a new link (only the link may have died).
+    /// through `dead` again with a new registration: only our stream link to it may have
+    /// broken, or our NAT may have moved us to an address it does not know.
     pub(crate) async fn reroute(&self, peer: NodeId, dead: SocketAddr) -> Option<Route> {
         let mut gates = self.joined_gates();
         for gate in self.gate_registry().gates_of(peer) {

@@ -296,6 +296,7 @@ impl Upgrades {
             punching,
             inbox,
             last_reroute: None,
+            rerouting: None,
             udp_works_again: self.udp_works_again.subscribe(),
         };
         tokio::spawn(async move {
@@ -365,6 +366,8 @@ struct Task {
     punching: Option<punching::Punching>,
     inbox: mpsc::Receiver<ControlDatagram>,
     last_reroute: Option<Instant>,
+    /// The background search for another relay, while one runs.
+    rerouting: Option<oneshot::Receiver<Option<Route>>>,
     udp_works_again: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -380,6 +383,12 @@ impl Task {
             ) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
+            };
+            let rerouting = async {
+                match self.rerouting.as_mut() {
+                    Some(answer) => answer.await,
+                    None => std::future::pending().await,
+                }
             };
             let punch_event = async {
                 match self.punching.as_mut() {
@@ -416,7 +425,8 @@ impl Task {
                         punching.on_timeout(now);
                     }
                 }
-                _ = gate_check.tick() => self.check_gate().await,
+                _ = gate_check.tick() => self.check_gate(),
+                found = rerouting => self.rerouted(found.ok().flatten()),
                 Ok(()) = self.udp_works_again.changed() => {
                     if let Some(prober) = self.prober.as_mut() {
                         prober.network_changed(Instant::now());
@@ -450,9 +460,13 @@ impl Task {
             .is_some_and(|p| p.handle(datagram.from, &datagram.payload, now).is_ok())
     }
 
-    /// If the gate of our relay died, moves the relay to another gate (and the connection with
-    /// it, if it is relayed right now).
-    async fn check_gate(&mut self) {
+    /// If the gate of our relay died, starts looking for another relay in the background (the
+    /// task goes on probing and keeping its direct path alive meanwhile; see
+    /// [`Task::rerouted`]).
+    fn check_gate(&mut self) {
+        if self.rerouting.is_some() {
+            return;
+        }
         let up = self.upgrades.clone();
         let Some(Route::Relayed { gate, .. }) = up.paths.relay_of(&self.virtual_addr) else {
             return;
@@ -470,9 +484,22 @@ impl Task {
         let Some(rerouter) = up.rerouter.0.get().cloned() else {
             return;
         };
-        // Bounded: joining a gate and an introduction each give up after a few seconds.
-        let found = tokio::time::timeout(REROUTE_LIMIT, rerouter(self.peer, gate)).await;
-        if let Ok(Some(route)) = found {
+        let (answer, rerouting) = oneshot::channel();
+        let peer = self.peer;
+        tokio::spawn(async move {
+            // Bounded: joining a gate and an introduction each give up after a few seconds.
+            let found = tokio::time::timeout(REROUTE_LIMIT, rerouter(peer, gate)).await;
+            let _ = answer.send(found.ok().flatten());
+        });
+        self.rerouting = Some(rerouting);
+    }
+
+    /// Moves the relay (and the connection with it, if it is relayed right now) to the route
+    /// the background search found.
+    fn rerouted(&mut self, found: Option<Route>) {
+        self.rerouting = None;
+        let up = &self.upgrades;
+        if let Some(route) = found {
             if up
                 .paths
                 .move_relay(self.virtual_addr, route, Instant::now())
