@@ -120,7 +120,13 @@ pub struct Prober {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     decisions: VecDeque<Decision>,
     rng: ChaCha20Rng,
+    /// Requests the scheduled rounds may give an address that has not spoken (the rest are
+    /// for timed retries; see [`Prober::hold_back`]).
+    scheduled_unconfirmed: u32,
 }
+
+/// Requests per silent address kept for timed retries once [`Prober::hold_back`] was called.
+const RESERVED_FOR_RETRIES: u32 = 2;
 
 impl Prober {
     /// Starts searching the peer's `candidates` at `now`. `seed` feeds the nonces.
@@ -151,6 +157,7 @@ impl Prober {
             transmits: VecDeque::new(),
             decisions: VecDeque::new(),
             rng: ChaCha20Rng::from_seed(seed),
+            scheduled_unconfirmed: config.max_unconfirmed_probes,
             config,
         };
         for candidate in candidates {
@@ -171,6 +178,29 @@ impl Prober {
         }
         self.candidates.push(addr);
         true
+    }
+
+    /// Timed retries will come ([`Prober::retry`]): scheduled rounds give an address that has
+    /// not spoken only the first three of its requests, keeping two for the retries.
+    pub fn hold_back(&mut self) {
+        self.scheduled_unconfirmed = self
+            .config
+            .max_unconfirmed_probes
+            .saturating_sub(RESERVED_FOR_RETRIES);
+    }
+
+    /// A timed retry (the peer probes at the same moment): one request now to every candidate
+    /// that may have one (an address that has not spoken still gets at most
+    /// `max_unconfirmed_probes` in all).
+    pub fn retry(&mut self) {
+        if matches!(self.state, State::Direct { .. }) {
+            return;
+        }
+        for addr in self.candidates.clone() {
+            if self.may_probe(addr) {
+                self.send_request(addr);
+            }
+        }
     }
 
     /// Searches again from the first fast round (e.g. after new candidates arrived).
@@ -418,6 +448,9 @@ impl Prober {
             .iter()
             .find(|(a, _)| *a == addr)
             .map_or(0, |(_, sent)| *sent);
+        if sent >= self.scheduled_unconfirmed {
+            return false;
+        }
         self.config
             .unconfirmed_rounds
             .get(sent as usize)

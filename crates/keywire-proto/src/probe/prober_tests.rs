@@ -254,3 +254,24 @@ fn a_silent_address_gets_its_five_requests_spread_over_five_seconds() {
     // starts probing five seconds after us.
     assert_eq!(sent_at, [0, 200, 400, 1600, 4800]);
 }
+
+#[test]
+fn held_back_requests_go_out_on_timed_retries_and_the_cap_holds() {
+    let t0 = Instant::now();
+    let (mut a, _) = pair(t0, &[addr(2)], &[]);
+    a.hold_back();
+    let mut now = t0;
+    let mut scheduled = 0;
+    while now < t0 + Duration::from_secs(30) {
+        a.handle_timeout(now);
+        scheduled += drain(&mut a).len();
+        now = a.poll_timeout().unwrap_or(now + Duration::from_secs(5));
+    }
+    assert_eq!(scheduled, 3, "two requests kept for the retries");
+    a.retry();
+    assert_eq!(drain(&mut a).len(), 1);
+    a.retry();
+    assert_eq!(drain(&mut a).len(), 1);
+    a.retry();
+    assert!(drain(&mut a).is_empty(), "five in all to a silent address");
+}

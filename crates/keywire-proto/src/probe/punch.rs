@@ -57,6 +57,13 @@ pub struct PunchConfig {
     pub probes_per_second: u32,
     /// Easy side: probes per attempt at most.
     pub max_probes: u32,
+    /// Timed retries of plain probing: the first this long after both NAT kinds are known.
+    pub sync_after: Duration,
+    /// Between two timed retries.
+    pub sync_interval: Duration,
+    /// Timed retries per connection (each gives every silent candidate one more request, within
+    /// the prober's cap).
+    pub sync_rounds: u8,
 }
 
 impl Default for PunchConfig {
@@ -73,6 +80,9 @@ impl Default for PunchConfig {
             extra_resend: Duration::from_secs(2),
             probes_per_second: 200,
             max_probes: 2000,
+            sync_after: Duration::from_millis(1000),
+            sync_interval: Duration::from_secs(4),
+            sync_rounds: 2,
         }
     }
 }
@@ -132,6 +142,10 @@ pub enum Action {
         /// The attempt.
         attempt: u8,
     },
+    /// Timed retries will come: keep requests for them ([`super::Prober::hold_back`]).
+    HoldBack,
+    /// Probe every candidate once now ([`super::Prober::retry`]): the peer does the same.
+    Retry,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +192,14 @@ pub struct Punch {
     /// The peer's handshake candidates, and our own IPs (see [`Punch::set_peer_candidates`]).
     peer_candidates: Vec<SocketAddr>,
     ours: Vec<IpAddr>,
+    /// Timed retries: rounds sent (dialer) or taken (acceptor), when the dialer sends the next,
+    /// when it probes for the last one sent, whether the prober was told to hold back, and the
+    /// relayed round trip.
+    syncs: u8,
+    next_sync: Option<Instant>,
+    retry_at: Option<Instant>,
+    held_back: bool,
+    relay_rtt: Duration,
 }
 
 /// Whether `ip` can be a NAT's outside address: not loopback, private, link-local, multicast,
@@ -223,6 +245,11 @@ impl Punch {
             actions: VecDeque::new(),
             peer_candidates: Vec::new(),
             ours: Vec::new(),
+            syncs: 0,
+            next_sync: None,
+            retry_at: None,
+            held_back: false,
+            relay_rtt: Duration::ZERO,
         }
     }
 
@@ -326,6 +353,7 @@ impl Punch {
                 }
             }
             Signal::BirthdayGo { attempt } => self.on_go(attempt, now)?,
+            Signal::Sync { round } => self.on_sync(round)?,
         }
         self.handle_timeout(now);
         Ok(())
@@ -345,6 +373,72 @@ impl Punch {
             && is_public_unicast(addr.ip())
             && !self.ours.contains(&addr.ip())
             && self.peer_candidates.contains(&addr)
+    }
+
+    /// Whether timed retries of plain probing can help: both NAT kinds known, no birthday
+    /// probing between them, and not both endpoint-dependent (nothing plain can do there).
+    fn plain_retries_apply(&self) -> bool {
+        let (Some(local), Some(peer)) = (self.local, self.peer) else {
+            return false;
+        };
+        let hard = Mapping::EndpointDependent;
+        self.side().is_none() && !(local.mapping == hard && peer.mapping == hard)
+    }
+
+    /// The acceptor's side of a timed retry: probe at once (the dialer waits half a relayed
+    /// round trip after sending, so both sides' probes cross).
+    fn on_sync(&mut self, round: u8) -> Result<(), ProbeError> {
+        if self.role != Role::Acceptor {
+            return Err(ProbeError::Malformed("sync to the dialer"));
+        }
+        if round > self.config.sync_rounds {
+            return Err(ProbeError::Malformed("more sync rounds than allowed"));
+        }
+        if round > self.syncs {
+            self.syncs = round;
+            if !self.direct && self.plain_retries_apply() {
+                self.actions.push_back(Action::Retry);
+            }
+        }
+        Ok(())
+    }
+
+    /// The relayed round trip, for timing the dialer's half of a retry.
+    pub fn set_relay_rtt(&mut self, rtt: Duration) {
+        self.relay_rtt = rtt;
+    }
+
+    /// Timed retries of plain probing (the dialer leads): hold back, then sync and retry.
+    fn sync_timeout(&mut self, now: Instant) {
+        if !self.held_back && self.plain_retries_apply() {
+            self.held_back = true;
+            self.actions.push_back(Action::HoldBack);
+            if self.role == Role::Dialer {
+                self.next_sync = Some(now + self.config.sync_after);
+            }
+        }
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+            if !self.direct {
+                self.actions.push_back(Action::Retry);
+            }
+        }
+        let Some(at) = self.next_sync else { return };
+        if now < at {
+            return;
+        }
+        if self.direct || self.syncs >= self.config.sync_rounds {
+            self.next_sync = None;
+            return;
+        }
+        self.syncs += 1;
+        self.seq_out += 1;
+        let sync = Signal::Sync { round: self.syncs };
+        let signal = self.keys.signal(self.role, self.seq_out, &sync);
+        self.actions.push_back(Action::Signal(signal));
+        self.retry_at = Some(now + self.relay_rtt / 2);
+        self.next_sync =
+            (self.syncs < self.config.sync_rounds).then_some(now + self.config.sync_interval);
     }
 
     fn side(&self) -> Option<Side> {
@@ -406,10 +500,10 @@ impl Punch {
             Phase::Easy { until, .. } => Some(until),
         };
         let hello = self.next_hello.filter(|_| self.may_hello());
-        match (phase, hello) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [phase, hello, self.retry_at, self.next_sync]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn may_hello(&self) -> bool {
@@ -423,6 +517,7 @@ impl Punch {
     /// Sends what is due and moves the attempts along.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.send_hello_if_due(now);
+        self.sync_timeout(now);
         match self.phase {
             Phase::Waiting { since } => {
                 let worth_it = !self.direct

@@ -152,7 +152,9 @@ fn no_birthday_when_both_or_neither_map_endpoint_dependently_or_one_has_no_nat()
         two.set_peer_candidates(&[HARD_ADDR.parse().unwrap()], &[]);
         one.set_local(a, Some(HARD_ADDR.parse().unwrap()), now);
         two.set_local(b, Some(EASY_ADDR.parse().unwrap()), now);
-        let actions = run(&mut one, &mut two, now, now + Duration::from_secs(60));
+        let mut actions = run(&mut one, &mut two, now, now + Duration::from_secs(60));
+        // Timed retries of plain probing are not birthday probing.
+        actions.retain(|a| !matches!(a, Action::HoldBack | Action::Retry));
         assert!(actions.is_empty(), "{a:?} x {b:?}: {actions:?}");
     }
 }
@@ -307,4 +309,109 @@ fn a_stalled_spray_resumes_at_its_rate_not_in_one_burst() {
         sent <= config.probes_per_second + 1,
         "{sent} in the second after"
     );
+}
+
+/// Runs both ends until `until` like `run`, noting when each end asked for what.
+fn run_timed(
+    dialer: &mut Punch,
+    acceptor: &mut Punch,
+    mut now: Instant,
+    until: Instant,
+) -> Vec<(&'static str, Duration, Action)> {
+    let start = now;
+    let mut seen = Vec::new();
+    loop {
+        for _ in 0..4 {
+            for action in relay(dialer, acceptor, now) {
+                seen.push(("dialer", now - start, action));
+            }
+            for action in relay(acceptor, dialer, now) {
+                seen.push(("acceptor", now - start, action));
+            }
+        }
+        let next = [dialer.poll_timeout(), acceptor.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
+            Some(at) if at <= until => {
+                now = at.max(now);
+                dialer.handle_timeout(now);
+                acceptor.handle_timeout(now);
+            }
+            _ => return seen,
+        }
+    }
+}
+
+#[test]
+fn plain_probing_gets_two_timed_retries_the_dialer_half_a_relayed_rtt_after_its_sync() {
+    let now = Instant::now();
+    let mut dialer = Punch::new(keys(), Role::Dialer, PunchConfig::default());
+    let mut acceptor = Punch::new(keys(), Role::Acceptor, PunchConfig::default());
+    dialer.set_relay_rtt(Duration::from_millis(80));
+    dialer.set_local(
+        Mapping::EndpointIndependent,
+        Some(HARD_ADDR.parse().unwrap()),
+        now,
+    );
+    acceptor.set_local(
+        Mapping::EndpointIndependent,
+        Some(EASY_ADDR.parse().unwrap()),
+        now,
+    );
+    let seen = run_timed(
+        &mut dialer,
+        &mut acceptor,
+        now,
+        now + Duration::from_secs(60),
+    );
+    let at = |who: &str, what: Action| -> Vec<u128> {
+        seen.iter()
+            .filter(|(w, _, a)| *w == who && *a == what)
+            .map(|(_, t, _)| t.as_millis())
+            .collect()
+    };
+    assert_eq!(at("dialer", Action::HoldBack), [0]);
+    assert_eq!(at("acceptor", Action::HoldBack), [0]);
+    // The sync goes out at 1 s and 5 s; the acceptor (signals delivered at once here) probes
+    // on receipt, the dialer 40 ms later, when its sync would have crossed the relay.
+    assert_eq!(at("acceptor", Action::Retry), [1000, 5000]);
+    assert_eq!(at("dialer", Action::Retry), [1040, 5040]);
+}
+
+#[test]
+fn no_timed_retry_once_direct_or_between_two_endpoint_dependent_nats() {
+    let now = Instant::now();
+    let mut dialer = Punch::new(keys(), Role::Dialer, PunchConfig::default());
+    let mut acceptor = Punch::new(keys(), Role::Acceptor, PunchConfig::default());
+    dialer.set_local(Mapping::EndpointIndependent, None, now);
+    acceptor.set_local(Mapping::EndpointIndependent, None, now);
+    run_timed(
+        &mut dialer,
+        &mut acceptor,
+        now,
+        now + Duration::from_millis(500),
+    );
+    dialer.set_direct(true, now);
+    acceptor.set_direct(true, now);
+    let seen = run_timed(
+        &mut dialer,
+        &mut acceptor,
+        now,
+        now + Duration::from_secs(60),
+    );
+    assert!(seen.is_empty(), "{seen:?}");
+
+    let mut dialer = Punch::new(keys(), Role::Dialer, PunchConfig::default());
+    let mut acceptor = Punch::new(keys(), Role::Acceptor, PunchConfig::default());
+    dialer.set_local(Mapping::EndpointDependent, None, now);
+    acceptor.set_local(Mapping::EndpointDependent, None, now);
+    let seen = run_timed(
+        &mut dialer,
+        &mut acceptor,
+        now,
+        now + Duration::from_secs(60),
+    );
+    assert!(seen.is_empty(), "{seen:?}");
 }

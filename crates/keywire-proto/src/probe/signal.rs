@@ -13,7 +13,8 @@
 //! - `what = 1` hello: `mapping (1) | heard (1) | has_reflexive (1) | [reflexive address]`: the
 //!   sender's NAT as its gate sees it, and whether it has had our hello;
 //! - `what = 2` birthday go: `attempt (1)`: the sender (the endpoint-dependent side) has opened
-//!   its extra sockets for that attempt and each has sent; the receiver may spray now.
+//!   its extra sockets for that attempt and each has sent; the receiver may spray now;
+//! - `what = 3` sync: `round (1)`: the dialer asks for a timed retry of plain probing.
 
 use std::net::SocketAddr;
 
@@ -42,6 +43,12 @@ pub enum Signal {
     BirthdayGo {
         /// Counts from 1 per connection.
         attempt: u8,
+    },
+    /// The dialer asks for a timed retry of plain probing: the receiver probes at once, the
+    /// dialer half a relayed round trip after sending, so that both sides' probes cross.
+    Sync {
+        /// Counts from 1 per connection.
+        round: u8,
     },
 }
 
@@ -95,6 +102,7 @@ impl ProbeKeys {
                 }
             }
             Signal::BirthdayGo { attempt } => out.extend_from_slice(&[2, *attempt]),
+            Signal::Sync { round } => out.extend_from_slice(&[3, *round]),
         }
         let mac = self.mac(&out);
         out.extend_from_slice(&mac);
@@ -151,6 +159,9 @@ impl ProbeKeys {
             2 => Signal::BirthdayGo {
                 attempt: reader.u8().map_err(short)?,
             },
+            3 => Signal::Sync {
+                round: reader.u8().map_err(short)?,
+            },
             _ => return Err(ProbeError::Malformed("unknown signal")),
         };
         if !reader.is_empty() {
@@ -183,6 +194,7 @@ mod tests {
                 heard: false,
             },
             Signal::BirthdayGo { attempt: 2 },
+            Signal::Sync { round: 1 },
         ] {
             let bytes = k.signal(Role::Acceptor, 9, &signal);
             assert!(bytes.len() <= MAX_SIGNAL_LEN);

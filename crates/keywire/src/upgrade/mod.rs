@@ -536,7 +536,9 @@ impl Task {
         }
         if let Some(punching) = self.punching.as_mut() {
             punching.set_direct(prober.direct().is_some(), Instant::now());
-            punching.flush(up, self.virtual_addr).await;
+            punching
+                .flush(up, self.virtual_addr, prober, self.conn.rtt())
+                .await;
         }
         while let Some((to, payload)) = prober.poll_transmit() {
             let packet = probe_packet(&payload);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use keywire_proto::nat::NatReport;
 use keywire_proto::probe::punch::{Action, Punch, Spray};
-use keywire_proto::probe::ProbeKeys;
+use keywire_proto::probe::{ProbeKeys, Prober};
 use keywire_proto::{NodeId, Role};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -141,8 +141,16 @@ impl Punching {
         self.punch.set_direct(direct, now);
     }
 
-    /// Carries out what the plan asks, and sends the spray probes that are due.
-    pub(super) async fn flush(&mut self, up: &Arc<Upgrades>, virtual_addr: SocketAddr) {
+    /// Carries out what the plan asks (the path probes' part on `prober`), and sends the spray
+    /// probes that are due. `relay_rtt`: the connection's round trip (used while relayed).
+    pub(super) async fn flush(
+        &mut self,
+        up: &Arc<Upgrades>,
+        virtual_addr: SocketAddr,
+        prober: &mut Prober,
+        relay_rtt: std::time::Duration,
+    ) {
+        self.punch.set_relay_rtt(relay_rtt);
         while let Some(action) = self.punch.poll_action() {
             let now = Instant::now();
             match action {
@@ -205,6 +213,8 @@ impl Punching {
                     self.spray = None;
                     self.waiting_spray = None;
                 }
+                Action::HoldBack => prober.hold_back(),
+                Action::Retry => prober.retry(),
             }
         }
         if let Some(ip) = self.waiting_spray {
