@@ -5,7 +5,9 @@ runner), feeds stdin from a file, hashes stdout (and notes when its first byte a
 collects the JSON events of stderr with the runner's receive time. With `stdin_rate` (bytes per
 second) stdin is fed from the file at that pace, so a transfer stays in flight for a known time.
 With `stdin_hold` (a threading.Event) nothing is fed until the runner sets it, so a connection can
-be watched (e.g. until it goes direct) before its payload starts.
+be watched (e.g. until it goes direct) before its payload starts. With `stdin_pause`
+((offset, seconds)) the feed stops once after `offset` bytes for `seconds`: the application falls
+silent mid-stream (NAT mappings must then be held by keywire's own keepalives).
 """
 
 import hashlib
@@ -18,7 +20,7 @@ import time
 
 class KeywireProc:
     def __init__(self, lab, binary, host, args, keyfile, network, stdin_path=None, label="",
-                 stdin_rate=None, stdin_hold=None):
+                 stdin_rate=None, stdin_hold=None, stdin_pause=None):
         self.label = label or host.name
         self.events = []  # (monotonic time received, dict)
         self.text = []  # stderr lines that are not JSON
@@ -26,9 +28,11 @@ class KeywireProc:
         self.out_hash = hashlib.sha256()
         self.first_byte_t = None
         self.last_byte_t = None
+        self.pause_t = None  # (monotonic start, seconds) of the stdin pause, once it began
         self._cv = threading.Condition()
         self.lab = lab
-        paced = stdin_path is not None and (stdin_rate is not None or stdin_hold is not None)
+        paced = stdin_path is not None and (stdin_rate is not None or stdin_hold is not None
+                                            or stdin_pause is not None)
         if paced:
             stdin = subprocess.PIPE
         else:
@@ -42,14 +46,15 @@ class KeywireProc:
         self._threads = [threading.Thread(target=self._read_out, daemon=True),
                          threading.Thread(target=self._read_err, daemon=True)]
         if paced:
-            threading.Thread(target=self._feed, args=(stdin_path, stdin_rate, stdin_hold),
+            threading.Thread(target=self._feed, args=(stdin_path, stdin_rate, stdin_hold, stdin_pause),
                              daemon=True).start()
         for t in self._threads:
             t.start()
 
-    def _feed(self, path, rate, hold=None):
+    def _feed(self, path, rate, hold=None, pause=None):
         """Writes the file to stdin at `rate` bytes/s (None: at once; in 64 KiB steps), once
-        `hold` is set (if given), then closes stdin."""
+        `hold` is set (if given), pausing once for pause[1] s after pause[0] bytes (if given),
+        then closes stdin."""
         sink = self.proc.stdin
         if hold is not None:
             # Bounded: a runner that forgets to release cannot leave the feeder behind forever.
@@ -59,7 +64,13 @@ class KeywireProc:
         try:
             with open(path, "rb") as f:
                 while True:
-                    chunk = f.read(64 << 10)
+                    if pause is not None and sent >= pause[0]:
+                        self.pause_t = (time.monotonic(), pause[1])
+                        time.sleep(pause[1])
+                        t0 += pause[1]  # the pause does not count against the rate
+                        pause = None
+                    step = 64 << 10 if pause is None else min(64 << 10, pause[0] - sent)
+                    chunk = f.read(step)
                     if not chunk:
                         break
                     ahead = sent / rate - (time.monotonic() - t0) if rate else 0

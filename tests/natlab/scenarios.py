@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 import gates
 import matrix
 import natclass
+import punchfaults
 import routers
 from gates import GateExpect
+from punchfaults import FaultPair
 from runner import Expect, Pair
 
 MIB = 1 << 20
@@ -178,6 +180,72 @@ def holepunch_matrix(trials=2, delay_ms=20.0, payload_bytes=256 << 10, direct_wi
                     run=matrix.run_scenario, params={"direct_window_s": direct_window_s})
 
 
+# -- hole punching under faults (tests/natlab/punchfaults.py) ---------------------------------
+
+PR, SYM = "port-restricted", "symmetric"
+
+
+def _faults(name, doc, pairs, trials, delay_ms, payload_bytes=256 << 10, **kw):
+    return Scenario(name, doc, pairs, payload_bytes=payload_bytes, trials=trials,
+                    delay_ms=delay_ms, run=punchfaults.run_scenario, **kw)
+
+
+def punch_late(trials=2, delay_ms=20.0, late=(0.0, 1.0, 5.0)):
+    """One gate; the listener's punching starts late: its router drops its UDP to the dialer's
+    public IP until 0, 1 or 5 s after the dialer's `connected`. port-restricted ->
+    port-restricted (D) and port-restricted -> symmetric (B, the symmetric side late): must go
+    direct within 15 s of the lift, 256 KiB held until direct."""
+    pairs = [FaultPair(PR, lst, "late", late_s=s, label=f"{s:g} s late")
+             for lst in (PR, SYM) for s in late]
+    return _faults("punch-late", punch_late.__doc__, pairs, trials, delay_ms)
+
+
+def punch_loss(trials=2, delay_ms=20.0):
+    """One gate, 5% random loss on every packet through the lab internet (the delay line's
+    `loss`) for the whole trial; port-restricted -> port-restricted and port-restricted ->
+    symmetric must end direct, 256 KiB held until direct."""
+    return _faults("punch-loss", punch_loss.__doc__,
+                   [FaultPair(PR, PR, "loss"), FaultPair(PR, SYM, "loss")], trials, delay_ms,
+                   impair={"loss": 0.05})
+
+
+def punch_silence(trials=2, delay_ms=20.0):
+    """One gate, port-restricted -> port-restricted; once direct the dialer sends 64 KiB, then
+    nothing for 3 x the UDP conntrack timeout (15 s), then the rest of 256 KiB: no fallback to
+    the relay on either side (keepalives hold the NAT mappings), ends direct."""
+    return _faults("punch-silence", punch_silence.__doc__, [FaultPair(PR, PR, "silence")],
+                   trials, delay_ms)
+
+
+def punch_flush(trials=2, delay_ms=20.0, payload_bytes=10 * MIB, rate=MIB):
+    """One gate; once direct the dialer feeds 10 MiB at 1 MiB/s, and 1 s later conntrack is
+    flushed on both peers' routers: every byte must arrive; whether the path stayed direct or
+    fell back (and came back) is reported. port-restricted -> port-restricted, and
+    port-restricted -> symmetric (direct by birthday, then the symmetric NAT re-maps)."""
+    return _faults("punch-flush", punch_flush.__doc__,
+                   [FaultPair(PR, PR, "flush"), FaultPair(PR, SYM, "flush")], trials, delay_ms,
+                   payload_bytes=payload_bytes, params={"stdin_rate": rate, "act_after_s": 1.0})
+
+
+def punch_via(trials=2, delay_ms=20.0):
+    """"Connect via a peer": the introducer is a public `keywire listen --introduce`; the
+    listener (port-restricted) registers with its ticket, the dialer (port-restricted) dials the
+    listener's ticket: must start relayed through the introducer and end direct."""
+    return _faults("punch-via", punch_via.__doc__, [FaultPair(PR, PR, "via")], trials, delay_ms)
+
+
+def punch_faults_ci():
+    """The short versions for `lab.py ci`: one trial each. Left out (run by `lab.py bench` and
+    `lab.py run`, where they fail): the 5 s late start between two port-restricted NATs and the
+    flush with a symmetric side, which keywire does not survive yet (docs/natlab.md, "Hole
+    punching under faults", has the causes)."""
+    late = punch_late(trials=1)
+    late.pairs = [p for p in late.pairs if (p.listener, p.late_s) in ((PR, 1.0), (SYM, 5.0))]
+    flush = punch_flush(trials=1)
+    flush.pairs = [p for p in flush.pairs if p.listener == PR]
+    return [late, punch_loss(trials=1), punch_silence(trials=1), flush, punch_via(trials=1)]
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
@@ -192,6 +260,11 @@ SCENARIOS = {
     "gate-udp-unblocked": gate_udp_unblocked,
     "nat-classify": nat_classify,
     "holepunch-matrix": holepunch_matrix,
+    "punch-late": punch_late,
+    "punch-loss": punch_loss,
+    "punch-silence": punch_silence,
+    "punch-flush": punch_flush,
+    "punch-via": punch_via,
 }
 
 
@@ -202,7 +275,7 @@ def ci_scenarios():
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
             gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1),
             gate_udp_blocked(trials=1, payload_bytes=4 * MIB), gate_udp_unblocked(trials=1),
-            nat_classify(trials=1), holepunch_matrix(trials=2)]
+            nat_classify(trials=1), holepunch_matrix(trials=2)] + punch_faults_ci()
 
 
 def bench_scenarios():
@@ -212,4 +285,6 @@ def bench_scenarios():
             + [gate_both_nat(trials=5), gate_nat_public(trials=5), gate_path_cut(trials=5),
                gate_killed_while_direct(trials=5), gate_failover(trials=5),
                gate_udp_blocked(trials=5), gate_udp_unblocked(trials=5),
-               nat_classify(trials=5), holepunch_matrix(trials=20)])
+               nat_classify(trials=5), holepunch_matrix(trials=20)]
+            + [punch_late(trials=5), punch_loss(trials=5), punch_silence(trials=5),
+               punch_flush(trials=5), punch_via(trials=5)])
