@@ -40,27 +40,13 @@ fn relay(from: &mut Punch, to: &mut Punch, now: Instant) -> Vec<Action> {
     others
 }
 
-/// Runs both ends until `until`, delivering signals at once; returns each end's actions.
-fn run(hard: &mut Punch, easy: &mut Punch, mut now: Instant, until: Instant) -> Vec<Action> {
-    let mut seen = Vec::new();
-    loop {
-        for _ in 0..4 {
-            seen.extend(relay(hard, easy, now));
-            seen.extend(relay(easy, hard, now));
-        }
-        let next = [hard.poll_timeout(), easy.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        match next {
-            Some(at) if at <= until => {
-                now = at.max(now);
-                hard.handle_timeout(now);
-                easy.handle_timeout(now);
-            }
-            _ => return seen,
-        }
-    }
+/// Runs both ends until `until`, delivering signals at once; returns each end's actions (see
+/// [`run_timed`], which also says who asked and when).
+fn run(hard: &mut Punch, easy: &mut Punch, now: Instant, until: Instant) -> Vec<Action> {
+    run_timed(hard, easy, now, until)
+        .into_iter()
+        .map(|(_, _, action)| action)
+        .collect()
 }
 
 #[test]
@@ -311,7 +297,8 @@ fn a_stalled_spray_resumes_at_its_rate_not_in_one_burst() {
     );
 }
 
-/// Runs both ends until `until` like `run`, noting when each end asked for what.
+/// Runs both ends until `until`, delivering signals at once; notes when each end asked for
+/// what.
 fn run_timed(
     dialer: &mut Punch,
     acceptor: &mut Punch,
