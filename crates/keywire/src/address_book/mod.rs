@@ -43,6 +43,29 @@ macro_rules! best_first {
     };
 }
 
+/// Deletes the rows of `$table` ranked past `:cap` by `$order`, within each window `$over`
+/// (`""` for the whole scope, `"PARTITION BY node"` for per node) among the rows `$scope`
+/// selects. The caps of writes, of prune and of brokers are all this one statement.
+macro_rules! delete_beyond_cap {
+    ($table:literal, $over:literal, $order:expr, $scope:literal) => {
+        concat!(
+            "DELETE FROM ",
+            $table,
+            " WHERE rowid IN (SELECT rowid FROM (",
+            "SELECT rowid, row_number() OVER (",
+            $over,
+            " ORDER BY ",
+            $order,
+            ") AS n ",
+            "FROM ",
+            $table,
+            " ",
+            $scope,
+            ") WHERE n > :cap)"
+        )
+    };
+}
+
 mod prune;
 mod read;
 mod schema;

@@ -68,18 +68,21 @@ impl AddressBook {
 /// The per-node caps of `write::cap_node`, for every node at once.
 fn cap_all_nodes(tx: &Transaction<'_>, limits: &BookLimits) -> rusqlite::Result<usize> {
     let addresses = tx.execute(
-        concat!(
-            "DELETE FROM address_book_addresses WHERE rowid IN (SELECT rowid FROM (
-                 SELECT rowid, row_number() OVER (PARTITION BY node ORDER BY ",
+        delete_beyond_cap!(
+            "address_book_addresses",
+            "PARTITION BY node",
             best_first!("addr"),
-            ") AS n FROM address_book_addresses) WHERE n > :cap)"
+            ""
         ),
         named_params! { ":cap": cap(limits.addresses_per_node) },
     )?;
     let gates = tx.execute(
-        "DELETE FROM address_book_gates WHERE rowid IN (SELECT rowid FROM (
-             SELECT rowid, row_number() OVER (PARTITION BY node ORDER BY last_seen DESC, gate)
-             AS n FROM address_book_gates) WHERE n > :cap)",
+        delete_beyond_cap!(
+            "address_book_gates",
+            "PARTITION BY node",
+            "last_seen DESC, gate",
+            ""
+        ),
         named_params! { ":cap": cap(limits.gates_per_node) },
     )?;
     Ok(addresses + gates)

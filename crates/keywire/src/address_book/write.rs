@@ -163,18 +163,19 @@ fn cap_node(
     .execute(named_params! { ":node": id, ":w": w, ":h": h })?;
     tx.prepare_cached("DELETE FROM address_book_gates WHERE node = :node AND last_seen < :h")?
         .execute(named_params! { ":node": id, ":h": h })?;
-    tx.prepare_cached(concat!(
-        "DELETE FROM address_book_addresses WHERE rowid IN (SELECT rowid FROM (
-             SELECT rowid, row_number() OVER (ORDER BY ",
+    tx.prepare_cached(delete_beyond_cap!(
+        "address_book_addresses",
+        "",
         best_first!("addr"),
-        ") AS n FROM address_book_addresses WHERE node = :node) WHERE n > :cap)"
+        "WHERE node = :node"
     ))?
     .execute(named_params! { ":node": id, ":cap": cap(limits.addresses_per_node) })?;
-    tx.prepare_cached(
-        "DELETE FROM address_book_gates WHERE rowid IN (SELECT rowid FROM (
-             SELECT rowid, row_number() OVER (ORDER BY last_seen DESC, gate) AS n
-             FROM address_book_gates WHERE node = :node) WHERE n > :cap)",
-    )?
+    tx.prepare_cached(delete_beyond_cap!(
+        "address_book_gates",
+        "",
+        "last_seen DESC, gate",
+        "WHERE node = :node"
+    ))?
     .execute(named_params! { ":node": id, ":cap": cap(limits.gates_per_node) })?;
 
     let now_ms = to_ms(now);
@@ -211,11 +212,11 @@ pub(super) fn delete_dead_brokers(
 
 /// Keeps the best `max_brokers`; returns how many were dropped.
 pub(super) fn cap_brokers(tx: &Transaction<'_>, limits: &BookLimits) -> rusqlite::Result<usize> {
-    tx.prepare_cached(concat!(
-        "DELETE FROM address_book_brokers WHERE rowid IN (SELECT rowid FROM (
-             SELECT rowid, row_number() OVER (ORDER BY ",
+    tx.prepare_cached(delete_beyond_cap!(
+        "address_book_brokers",
+        "",
         best_first!("broker"),
-        ") AS n FROM address_book_brokers) WHERE n > :cap)"
+        ""
     ))?
     .execute(named_params! { ":cap": cap(limits.max_brokers) })
 }
