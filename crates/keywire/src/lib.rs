@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod accept;
+pub mod address_book;
 pub mod bench_support;
 mod birthday;
 mod config;
@@ -47,6 +48,7 @@ mod transport;
 mod udp;
 mod upgrade;
 
+pub use address_book::{AddressBook, AddressBookError, AddressSource, BookLimits, KnownAddress};
 pub use config::{EndpointConfig, MAX_ANNOUNCED_ADDRS};
 pub use connection::{Connection, Path, PathEvents, RelayLink};
 pub use endpoint::Endpoint;
