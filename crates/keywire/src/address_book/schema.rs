@@ -136,6 +136,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), AddressBookError> {
                 supported: VERSION,
             })
         }
+        // Version 1 is the first; when version 2 comes, its migration from 1 goes here.
         Some(_) => {}
         None => {
             tx.execute_batch(V1).map_err(sql_err)?;

@@ -110,8 +110,9 @@ fn everything_survives_close_and_reopen() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.file()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.file()), 0o600);
+        assert_eq!(mode(dir.file().with_extension("sqlite-wal")), 0o600);
     }
 }
 
