@@ -283,7 +283,8 @@ impl Endpoint {
             .connection)
     }
 
-    /// Remembers that `conn` works (its direct address) in the attached address book.
+    /// Remembers that `conn` works (its direct address) in the attached address book. Blocks
+    /// for one short SQLite write (longer if another process holds the file's write lock).
     pub fn remember(&self, conn: &Connection) {
         if let Some(state) = self.discovery_cell().get() {
             state.remember(conn);
