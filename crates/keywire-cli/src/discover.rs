@@ -96,10 +96,15 @@ impl DiscoveryArgs {
         let mut discovery = Discovery::new().advertise(advertise);
         let mut channels = Vec::new();
         let dht = (!self.dht.is_empty()).then(|| {
-            let config = DhtConfig {
+            // A client: `listen` and `connect` come and go, and a node behind a filtering NAT
+            // can pass the DHT's reachability check falsely (the proof may come from a node it
+            // already sent to) and then slow everyone's lookups with requests that time out.
+            // Public DHT nodes are `keywire dht serve` and gates.
+            let mut config = DhtConfig {
                 bootstrap: self.dht.clone(),
                 ..DhtConfig::default()
             };
+            config.kad.mode = keywire::dht::ModeSetting::Client;
             Arc::new(Dht::spawn(endpoint, config))
         });
         if let Some(dht) = &dht {

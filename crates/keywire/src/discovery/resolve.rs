@@ -27,6 +27,8 @@ use crate::{ConnectError, Connection, Endpoint};
 const DHT_READY_WAIT: Duration = Duration::from_secs(5);
 /// How long an introduction's answer is awaited.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for the observer before an introduction goes out.
+const OBSERVE_WAIT: Duration = Duration::from_millis(1500);
 /// Most dials started by nudges, per channel (each nudge names an address of the node's).
 const MAX_NUDGE_DIALS: usize = 4;
 
@@ -254,7 +256,19 @@ async fn from_book(attempts: &Attempts, state: &DiscoveryState) {
     attempts.dial_with_gates(addrs, gates, IntroChannel::AddressBook);
 }
 
-fn introduction(state: &DiscoveryState, to: NodeId) -> Introduction {
+/// Our introduction to `to`. Without a public address yet (the observer's first answer may
+/// still be on its way at start-up), the observer is asked first, for at most
+/// [`OBSERVE_WAIT`]: an introduction naming only our LAN address is nudged where the node
+/// cannot reach, and its NAT stays closed to us.
+async fn introduction(state: &DiscoveryState, to: NodeId) -> Introduction {
+    if let Some(observer) = state.observer {
+        if state.upgrades.discovered_reflexive().is_empty() {
+            let observed = tokio::time::timeout(OBSERVE_WAIT, state.upgrades.observe(observer));
+            if let Ok(Some(addr)) = observed.await {
+                state.upgrades.set_discovered_reflexive(vec![addr]);
+            }
+        }
+    }
     let mut candidates = state.candidates();
     candidates.truncate(MAX_INTRO_CANDIDATES);
     Introduction {
@@ -277,7 +291,7 @@ async fn from_dht(attempts: Attempts, state: Arc<DiscoveryState>) {
         Ok(Err(e)) => return attempts.fail(channel, e.into()).await,
         Err(_) => return attempts.fail(channel, ChannelFailure::NoRecord).await,
     }
-    let intro = introduction(&state, attempts.node);
+    let intro = introduction(&state, attempts.node).await;
     let Some((mut nudges, _waiting)) = state.wait_nudges(intro.nonce) else {
         return attempts.fail(channel, ChannelFailure::NoAnswer).await;
     };
@@ -347,7 +361,7 @@ async fn from_mqtt(attempts: Attempts, state: Arc<DiscoveryState>) {
     let Some(mqtt) = state.mqtt.clone() else {
         return;
     };
-    let intro = introduction(&state, attempts.node);
+    let intro = introduction(&state, attempts.node).await;
     let Some((mut nudges, _waiting)) = state.wait_nudges(intro.nonce) else {
         return attempts.fail(channel, ChannelFailure::NoAnswer).await;
     };
