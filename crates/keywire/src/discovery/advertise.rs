@@ -17,6 +17,7 @@ use keywire_proto::intro::{
     intro_topic, open_intro, IntroKind, Introduction, MAX_INTRO_CANDIDATES,
 };
 use keywire_proto::kad::GateRef;
+use keywire_proto::probe::punch::is_public_unicast;
 use keywire_proto::NodeId;
 
 use super::state::{lock, unix_ms, DiscoveryState};
@@ -34,9 +35,15 @@ const NUDGE_ROUNDS: [Duration; 3] = [
     Duration::from_millis(150),
     Duration::from_millis(500),
 ];
-/// How often our candidates are checked for changes, for the first minute and then.
+/// How often our candidates are checked for changes: often at first (our public address is
+/// what a dialer behind a NAT needs, and it arrives a round trip or two after start), less
+/// after the first minute.
+const FIRST_CHECKS: Duration = Duration::from_millis(100);
 const EARLY_CHECK: Duration = Duration::from_millis(500);
 const LATE_CHECK: Duration = Duration::from_secs(15);
+/// How long our first record waits for a public address when we have none of our own: a
+/// record naming only LAN addresses sends dialers behind NATs nowhere.
+const FIRST_RECORD_WAIT: Duration = Duration::from_secs(2);
 /// Most gates a DHT record carries (`docs/dht.md`).
 const MAX_RECORD_GATES: usize = 4;
 /// How often the observer is asked again.
@@ -103,7 +110,9 @@ async fn keep_reflexive(state: Arc<DiscoveryState>) {
 }
 
 fn check_interval(started: tokio::time::Instant) -> Duration {
-    if started.elapsed() < Duration::from_secs(60) {
+    if started.elapsed() < Duration::from_secs(5) {
+        FIRST_CHECKS
+    } else if started.elapsed() < Duration::from_secs(60) {
         EARLY_CHECK
     } else {
         LATE_CHECK
@@ -119,6 +128,16 @@ async fn keep_record(state: Arc<DiscoveryState>, endpoint: WeakEndpoint) {
     loop {
         let mut candidates = state.candidates();
         candidates.truncate(MAX_INTRO_CANDIDATES);
+        // On loopback (tests, demos) no public address is coming.
+        let public = candidates.iter().any(|a| is_public_unicast(a.ip()))
+            || state
+                .socket
+                .real_local_addr()
+                .is_ok_and(|a| a.ip().is_loopback());
+        if published.is_none() && !public && started.elapsed() < FIRST_RECORD_WAIT {
+            tokio::time::sleep(FIRST_CHECKS).await;
+            continue;
+        }
         let Some(gates) = endpoint.upgrade().map(|e| gate_refs(&e)) else {
             return;
         };

@@ -97,6 +97,16 @@ impl Attempts {
         });
     }
 
+    /// Dials each of `addrs` at once, as its own attempt. For a node's candidates found by
+    /// an introduction: most are unreachable from here (LAN addresses, a NAT not yet open), and
+    /// Happy Eyeballs' 250 ms steps would reach the public one seconds late; and every
+    /// handshake sent opens our own NAT toward that address, so the node's nudges get in.
+    fn dial_each(&self, addrs: Vec<SocketAddr>, channel: IntroChannel) {
+        for addr in addrs {
+            self.dial(vec![addr], channel);
+        }
+    }
+
     /// Dials addresses and gates at once (a DHT record's, or the address book's).
     fn dial_with_gates(
         &self,
@@ -109,7 +119,10 @@ impl Attempts {
             .map(|(id, addr)| NodeAddr::new(id, [addr]))
             .collect();
         if gates.is_empty() {
-            return self.dial(addrs, channel);
+            return match channel {
+                IntroChannel::AddressBook => self.dial(addrs, channel),
+                _ => self.dial_each(addrs, channel),
+            };
         }
         let Ok(ticket) = Ticket::with_gates(NodeAddr::new(self.node, addrs), gates) else {
             return;
@@ -401,10 +414,8 @@ async fn from_mqtt(attempts: Attempts, state: Arc<DiscoveryState>) {
                     .into_iter()
                     .filter(|a| !dialed.contains(a))
                     .collect();
-                if !fresh.is_empty() {
-                    dialed.extend(&fresh);
-                    attempts.dial(fresh, channel);
-                }
+                dialed.extend(&fresh);
+                attempts.dial_each(fresh, channel);
             }
             Some(from) = nudges.recv() => {
                 if dialed.is_empty() {
