@@ -49,6 +49,7 @@ resolve); `kw ttfb` = the dialer's `done.first_byte_ms` / RTT (keywire's clock);
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import threading
@@ -69,7 +70,8 @@ MQTT_HOSTS = [("mqtt1", "198.51.100.70", "2001:db8:5100::70"),
               ("mqtt2", "192.0.2.71", "2001:db8:200::71")]
 ATTACKER_HOST = ("attacker", "192.0.2.80", "2001:db8:200::80")
 MQTT_PORT = 1883
-MOSQUITTO = "mosquitto"
+# The Debian package puts the broker in /usr/sbin, which a non-login PATH may lack.
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DHT_INTROS = ("dht-record", "dht-intro")
 BRIEF_KEYS_EXTRA = ("introduced_by", "resolve", "introductions", "introductions_rejected",
                     "channels", "remote_node_id", "first_byte_ms")
@@ -183,6 +185,9 @@ def tcp_ready(host, ip, port, timeout):
 
 def start_brokers(lab, trial_dir):
     """mosquitto on mqtt1 and mqtt2 (anonymous, no persistence); returns (procs, "b1,b2")."""
+    if not os.access(MOSQUITTO, os.X_OK):
+        raise RuntimeError(f"no mosquitto broker at {MOSQUITTO} (Debian package mosquitto, "
+                           ".ci/apt-packages.txt)")
     procs, addrs = [], []
     try:
         for spec in MQTT_HOSTS:
