@@ -385,6 +385,9 @@ def dial_once(lab, binary, sc, pair, payload, reply, trial_dir, network, ctx, ta
             return fig, [f"listener{tag} did not start: {listener.error_text()}"], listener, None
         l_id = ev.get("node_id")
         fig["channels"] = ev.get("channels")
+        want = sorted(c for c, flag in (("dht", "--dht"), ("mqtt", "--brokers")) if flag in l_args)
+        if sorted(fig["channels"] or []) != want:
+            problems.append(f"listener{tag} channels {fig['channels']!r}, expected {want}")
         if before_dial:
             problems += before_dial(l_id, fig)
             if problems:
