@@ -36,8 +36,10 @@ Scenarios (modes of DialkeyPair):
   `connected` publishes it again 3 times and then 3 garbage payloads (random bytes of the
   envelope's length, first byte the envelope version 1) to that topic on the broker it came
   from. The dialer's payload is held until 1.5 s after the last forged message, so the listener
-  is still running when they arrive. Must: connect to the right peer, bytes intact, listener's
-  `done.introductions_rejected` >= 3.
+  is still running when they arrive. Must: connect to the right peer, bytes intact, and the
+  listener's `done` must count them (forged_problems: >= 3 `mqtt_envelopes_refused` for the
+  garbage, >= 3 `mqtt_envelopes_repeated` + `introductions_rejected` for the replays; a CLI
+  without the per-layer counters: `introductions_rejected` >= 3).
 
 Figures (lab RTTs, RTT = 2 x the one-way delay): `ttfb` = from spawning the dialer process to
 the dialer's first reply byte on the runner's clock (includes process start-up and the whole
@@ -352,7 +354,9 @@ class DialkeyTrial:
     kw_first_byte_ms: float = None
     record_wait_ms: float = None
     intros: dict = None
-    rejected: int = None
+    rejected: int = None  # listener's done.introductions_rejected (discovery's refusals)
+    refused: int = None  # done.mqtt_envelopes_refused (garbage, bad signatures, ...)
+    repeated: int = None  # done.mqtt_envelopes_repeated (replays, and a 2nd broker's copy)
     first: dict = None  # book mode: the first (DHT) dial's figures
     forged_sent: int = 0
     seconds: float = 0.0
@@ -416,6 +420,8 @@ def dial_once(lab, binary, sc, pair, payload, reply, trial_dir, network, ctx, ta
         if l_done:
             fig["intros"] = l_done.get("introductions")
             fig["rejected"] = l_done.get("introductions_rejected")
+            fig["refused"] = l_done.get("mqtt_envelopes_refused")
+            fig["repeated"] = l_done.get("mqtt_envelopes_repeated")
         tp = exchange_problems(dialer, listener, d_rc, l_rc, payload, reply)
         fig["completed"] = not tp
         problems += [f"{tag}{p}" if tag else p for p in tp]
@@ -514,10 +520,12 @@ def run_dialkey_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=
                     "forged": ("mqtt-intro",)}[pair.mode]
             if intro not in want:
                 problems.append(f"introduced_by {intro!r}, expected one of {list(want)}")
-        if pair.mode == "forged" and attacker is not None:
-            if t.rejected is None or t.rejected < 3:
-                problems.append(f"listener's introductions_rejected {t.rejected}, expected >= 3 "
-                                f"({t.forged_sent} forged messages sent)")
+        if pair.mode == "forged" and attacker is not None and t.forged_sent:
+            problems += forged_problems(t)
+        accepted = (t.intros or {}).get("mqtt" if pair.mode in ("mqtt", "forged") else "dht")
+        if fig.get("connected") and intro in ("mqtt-intro", "dht-intro") and not accepted:
+            problems.append(f"introduced by {intro} but the listener's introductions are "
+                            f"{t.intros}")
         if pair.mode == "book" and not problems:
             t.first = dict(fig)
             for s in servers:
@@ -604,6 +612,8 @@ def fill(t, fig):
     t.record_wait_ms = fig.get("record_wait_ms", t.record_wait_ms)
     t.intros = fig.get("intros")
     t.rejected = fig.get("rejected")
+    t.refused = fig.get("refused")
+    t.repeated = fig.get("repeated")
     t.forged_sent = fig.get("forged_sent", t.forged_sent)
 
 
@@ -620,6 +630,36 @@ def _resolve_cell(trials):
         if m is not None:
             out.append(f"{key[:-3]} {m:.0f}")
     return ", ".join(out) or "-"
+
+
+def _triple(trials):
+    """The listener's rejection counters over the trials, "i/g/r" (medians; "-": none)."""
+    cells = [_median([getattr(t, k) for t in trials]) for k in ("rejected", "refused", "repeated")]
+    if all(c is None for c in cells):
+        return None
+    return "/".join("-" if c is None else f"{c:g}" for c in cells)
+
+
+def forged_problems(t):
+    """dialkey-forged's verdict on the listener's counters. The CLI counts at two layers: the
+    MQTT layer refuses garbage (`mqtt_envelopes_refused`) and drops replayed envelopes
+    (`mqtt_envelopes_repeated`, which also counts the ordinary second copy of an envelope sent
+    to both brokers); discovery refuses introductions that got through that layer but are stale,
+    replayed or unasked (`introductions_rejected`). 3 replays and 3 garbage payloads must show
+    as at least 3 refused and at least 3 repeated; without the per-layer counters, at least 3
+    `introductions_rejected`."""
+    if t.refused is None and t.repeated is None:
+        if t.rejected is None or t.rejected < 3:
+            return [f"listener's introductions_rejected {t.rejected}, expected >= 3 "
+                    f"({t.forged_sent} forged messages sent)"]
+        return []
+    out = []
+    if (t.refused or 0) < 3:
+        out.append(f"listener refused {t.refused} envelopes, expected >= 3 (3 garbage sent)")
+    if (t.repeated or 0) + (t.rejected or 0) < 3:
+        out.append(f"listener counted {t.repeated} repeated envelopes and {t.rejected} rejected "
+                   "introductions, expected >= 3 (3 replays sent)")
+    return out
 
 
 def summarize(pair, trials, rtt_ms):
@@ -642,7 +682,7 @@ def summarize(pair, trials, rtt_ms):
         "kw_ttfb_rtt": _rtt(_median([t.kw_first_byte_ms for t in trials]), rtt_ms),
         "first_ttfb_rtt": _rtt(_median([f.get("ttfb_ms") for f in firsts]), rtt_ms),
         "record_wait_ms": _median([t.record_wait_ms for t in trials]),
-        "rejected": _median([t.rejected for t in trials]),
+        "rejected": _triple(trials),
         "intros": ",".join(sorted({str(t.intros) for t in trials if t.intros is not None})) or "-",
         "pass": bool(trials) and all(t.as_expected for t in trials),
         "notes": ([t.note for t in trials if t.note and not t.as_expected][:2]
@@ -664,11 +704,11 @@ COLUMNS = [
     ("first_ttfb_rtt", "1st dial ttfb", "{:.1f}"),
     ("record_wait_ms", "record wait ms", "{:.0f}"),
     ("intros", "listener intros", "{}"),
-    ("rejected", "rejected", "{:g}"),
+    ("rejected", "rejected/refused/repeated", "{}"),
     ("expect", "expected", "{}"),
     ("pass", "verdict", "{}"),
 ]
-LEFT = (0, 3, 4, 5, 12, 14)
+LEFT = (0, 3, 4, 5, 12, 13, 14)
 
 
 def table_columns(sc):
