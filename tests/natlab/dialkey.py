@@ -546,7 +546,7 @@ def run_dialkey_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=
                     problems.append(f"second dial introduced_by {fig2.get('introduced_by')!r}, "
                                     "expected 'address-book'")
                 res = fig2.get("resolve") or {}
-                if res.get("dht_ms") is not None or res.get("mqtt_ms") is not None:
+                if any(res.get(k) is not None for k in ("dht_ms", "dht_nudge_ms", "mqtt_ms")):
                     problems.append(f"second dial resolved over DHT/MQTT: {res}")
         t.as_expected = not problems
         t.note = "; ".join(problems)
@@ -625,7 +625,7 @@ def _rtt(ms, rtt_ms):
 
 def _resolve_cell(trials):
     out = []
-    for key in ("book_ms", "dht_ms", "mqtt_ms"):
+    for key in ("book_ms", "dht_ms", "dht_nudge_ms", "mqtt_ms"):
         m = _median([(t.resolve or {}).get(key) for t in trials])
         if m is not None:
             out.append(f"{key[:-3]} {m:.0f}")
