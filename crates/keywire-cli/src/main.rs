@@ -7,6 +7,7 @@ mod bench_signal;
 mod bench_signal_sidewire;
 mod demo;
 mod dht;
+mod discover;
 mod gate;
 mod node;
 mod output;

@@ -22,6 +22,7 @@ use keywire::quinn::{self, VarInt};
 use keywire::{close_code, Connection, Path, Ticket};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 
+use crate::discover::{introductions_json, resolve_json, DiscoveryArgs};
 use crate::node::NodeOptions;
 use crate::output;
 
@@ -48,15 +49,20 @@ pub struct ListenArgs {
     /// ticket) and reach each other through it until they go direct.
     #[arg(long)]
     introduce: bool,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
-    /// The ticket printed by `keywire listen`.
+    /// The ticket printed by `keywire listen`, or just its node id (kw1...) to find it by key
+    /// (`--dht`, `--brokers`, or the address book).
     ticket: String,
     /// Local address to bind.
     #[arg(long, default_value = "[::]:0")]
     bind: SocketAddr,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,7 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
     } else {
         None
     };
+    let attached = args.discovery.attach(opts, &endpoint, true)?;
     for text in &args.gates {
         let gate: Ticket = text
             .parse()
@@ -100,6 +107,7 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
             "direct_addrs": node_addr.direct_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "gates": ticket.gates.iter().map(|g| g.node_id.to_string()).collect::<Vec<_>>(),
             "introduces": args.introduce,
+            "channels": attached.channels,
         }));
     } else {
         output::err_line(&ticket.to_string());
@@ -111,10 +119,18 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
     if !ticket.gates.is_empty() {
         report_nat(opts, &endpoint);
     }
-    let conn = endpoint
-        .accept()
-        .await
-        .context("the endpoint closed before anyone connected")?;
+    // The first connection that opens the pipe is served. One that closes before (a dialer's
+    // losing attempt when several raced, e.g. by key) is skipped.
+    let (conn, send, mut recv) = loop {
+        let conn = endpoint
+            .accept()
+            .await
+            .context("the endpoint closed before anyone connected")?;
+        match conn.accept_bi().await {
+            Ok((send, recv)) => break (conn, send, recv),
+            Err(e) => tracing::debug!("a connection closed before opening the pipe: {e}"),
+        }
+    };
     // This command serves one connection; tell later callers so instead of leaving them waiting.
     let turn_away = endpoint.clone();
     tokio::spawn(async move {
@@ -125,10 +141,6 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
             );
         }
     });
-    let (send, mut recv) = conn
-        .accept_bi()
-        .await
-        .context("the peer left before opening the pipe")?;
     let version = recv
         .read_u8()
         .await
@@ -137,19 +149,35 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
         bail!("the peer speaks pipe version {version}, this keywire speaks {PIPE_VERSION}");
     }
     let started = Instant::now();
-    report_connected(opts, &conn, None);
+    report_connected(opts, &conn, None, serde_json::json!({}));
     let watcher = PathWatcher::spawn(opts.json, &conn, started);
     let stats = pipe(&conn, send, recv, Side::Listener, started).await?;
-    report_done(opts, &endpoint, &conn, stats, watcher.finish());
+    let extra = introductions_json(endpoint.discovery_metrics(), &attached);
+    report_done(opts, &endpoint, &conn, stats, watcher.finish(), extra);
     endpoint.wait_idle().await;
+    attached.shutdown().await;
     Ok(())
 }
 
 pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<()> {
-    let ticket: Ticket = args.ticket.parse()?;
+    let target = Target::parse(&args.ticket)?;
+    if matches!(target, Target::Key(_)) && !args.discovery.can_find() && args.discovery.no_book() {
+        bail!("a bare node id needs a way to find it: --dht, --brokers or the address book");
+    }
     let endpoint = opts.endpoint(args.bind, PIPE_ALPN)?;
+    let attached = args.discovery.attach(opts, &endpoint, false)?;
     let started = Instant::now();
-    let conn = endpoint.connect_ticket(&ticket, PIPE_ALPN).await?;
+    let (conn, extra) = match &target {
+        Target::Ticket(ticket) => (
+            endpoint.connect_ticket(ticket, PIPE_ALPN).await?,
+            serde_json::json!({}),
+        ),
+        Target::Key(node) => {
+            let found = endpoint.connect_by_key(*node, PIPE_ALPN).await?;
+            let extra = resolve_json(&found);
+            (found.connection, extra)
+        }
+    };
     let connect_time = started.elapsed();
     if !endpoint.joined_gates().is_empty() {
         report_nat(opts, &endpoint);
@@ -162,12 +190,40 @@ pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<(
     send.write_all(&[PIPE_VERSION])
         .await
         .context("cannot open the pipe stream")?;
-    report_connected(opts, &conn, Some(connect_time));
+    report_connected(opts, &conn, Some(connect_time), extra);
     let stats = pipe(&conn, send, recv, Side::Connector, started).await?;
+    // A path that went direct later is worth remembering too.
+    endpoint.remember(&conn);
     conn.close(VarInt::from_u32(close_code::DONE), b"done");
-    report_done(opts, &endpoint, &conn, stats, watcher.finish());
+    report_done(
+        opts,
+        &endpoint,
+        &conn,
+        stats,
+        watcher.finish(),
+        serde_json::json!({}),
+    );
     endpoint.wait_idle().await;
+    attached.shutdown().await;
     Ok(())
+}
+
+/// What `connect` was given.
+enum Target {
+    Ticket(Ticket),
+    Key(keywire::NodeId),
+}
+
+impl Target {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Ok(ticket) = text.parse::<Ticket>() {
+            return Ok(Self::Ticket(ticket));
+        }
+        match text.parse::<keywire::NodeId>() {
+            Ok(node) => Ok(Self::Key(node)),
+            Err(_) => bail!("{text:?} is neither a ticket nor a node id (kw1...)"),
+        }
+    }
 }
 
 struct PipeStats {
@@ -250,20 +306,30 @@ fn explain(conn: &Connection, error: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn report_connected(opts: &NodeOptions, conn: &Connection, connect_time: Option<Duration>) {
+fn report_connected(
+    opts: &NodeOptions,
+    conn: &Connection,
+    connect_time: Option<Duration>,
+    extra: serde_json::Value,
+) {
     let path = conn.initial_path();
     if opts.json {
         let (kind, gate) = path_json(path);
-        output::event(serde_json::json!({
-            "event": "connected",
-            "remote_node_id": conn.remote_node_id().to_string(),
-            "remote_addr": keywire::proto::ticket::canonical_addr(conn.remote_address()).to_string(),
-            "path": kind,
-            "gate": gate,
-            "candidates": conn.peer_candidates().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "connect_ms": connect_time.map(|t| t.as_secs_f64() * 1e3),
-            "rtt_ms": conn.rtt().as_secs_f64() * 1e3,
-        }));
+        output::event(merged(
+            serde_json::json!({
+                "event": "connected",
+                "remote_node_id": conn.remote_node_id().to_string(),
+                "remote_addr": keywire::proto::ticket::canonical_addr(conn.remote_address()).to_string(),
+                "path": kind,
+                "gate": gate,
+                "candidates": conn.peer_candidates().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "connect_ms": connect_time.map(|t| t.as_secs_f64() * 1e3),
+                "rtt_ms": conn.rtt().as_secs_f64() * 1e3,
+            }),
+            extra,
+        ));
+    } else if let Some(by) = extra.get("introduced_by").and_then(|v| v.as_str()) {
+        output::err_line(&format!("keywire: connected, {path}; found through {by}"));
     } else if matches!(path, Path::Relayed { .. }) {
         output::err_line(&format!(
             "keywire: connected, {path}; looking for a direct path"
@@ -377,6 +443,7 @@ fn report_done(
     conn: &Connection,
     stats: PipeStats,
     paths: PathSummary,
+    extra: serde_json::Value,
 ) {
     if opts.json {
         let quic = conn.stats();
@@ -385,23 +452,34 @@ fn report_done(
         let metrics = endpoint.metrics();
         let (kind, gate) = path_json(conn.path());
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
-        output::event(serde_json::json!({
-            "event": "done",
-            "bytes_sent": stats.sent,
-            "bytes_received": stats.received,
-            "seconds": stats.elapsed.as_secs_f64(),
-            "first_byte_ms": ms(stats.first_byte),
-            "path": kind,
-            "gate": gate,
-            "path_changes": paths.changes,
-            "to_direct_ms": ms(paths.to_direct),
-            "rtt_ms": conn.rtt().as_secs_f64() * 1e3,
-            "udp_datagrams_sent": quic.udp_tx.datagrams,
-            "udp_datagrams_received": quic.udp_rx.datagrams,
-            "lost_packets": quic.path.lost_packets,
-            "probes_sent": metrics.probes_sent,
-            "birthday_probes_sent": metrics.birthday_probes_sent,
-            "birthday_hits": metrics.birthday_hits,
-        }));
+        output::event(merged(
+            serde_json::json!({
+                "event": "done",
+                "bytes_sent": stats.sent,
+                "bytes_received": stats.received,
+                "seconds": stats.elapsed.as_secs_f64(),
+                "first_byte_ms": ms(stats.first_byte),
+                "path": kind,
+                "gate": gate,
+                "path_changes": paths.changes,
+                "to_direct_ms": ms(paths.to_direct),
+                "rtt_ms": conn.rtt().as_secs_f64() * 1e3,
+                "udp_datagrams_sent": quic.udp_tx.datagrams,
+                "udp_datagrams_received": quic.udp_rx.datagrams,
+                "lost_packets": quic.path.lost_packets,
+                "probes_sent": metrics.probes_sent,
+                "birthday_probes_sent": metrics.birthday_probes_sent,
+                "birthday_hits": metrics.birthday_hits,
+            }),
+            extra,
+        ));
     }
+}
+
+/// `base` with `extra`'s fields added (both JSON objects).
+fn merged(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+    base
 }

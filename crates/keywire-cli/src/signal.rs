@@ -26,17 +26,23 @@ pub struct PoolArgs {
     public: bool,
 }
 
+/// The brokers of a `host:port,…` list and of a pool file, together.
+pub fn pool_of(list: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<PoolConfig> {
+    let mut pool = PoolConfig::new();
+    if let Some(list) = list {
+        pool = PoolConfig::from_list(list)?;
+    }
+    if let Some(path) = file {
+        for b in PoolConfig::from_toml_file(path)?.brokers() {
+            pool = pool.with(b.clone());
+        }
+    }
+    Ok(pool)
+}
+
 impl PoolArgs {
     pub fn config(&self) -> anyhow::Result<PoolConfig> {
-        let mut pool = PoolConfig::new();
-        if let Some(list) = &self.brokers {
-            pool = PoolConfig::from_list(list)?;
-        }
-        if let Some(path) = &self.pool {
-            for b in PoolConfig::from_toml_file(path)?.brokers() {
-                pool = pool.with(b.clone());
-            }
-        }
+        let mut pool = pool_of(self.brokers.as_deref(), self.pool.as_deref())?;
         if self.public {
             for b in PoolConfig::public().brokers() {
                 pool = pool.with(b.clone());

@@ -51,6 +51,8 @@ pub enum ControlKind {
     Relay,
     /// DHT RPCs.
     Dht,
+    /// Introduction nudges: "I heard your introduction, here I am" (`intro`).
+    Intro,
 }
 
 impl ControlKind {
@@ -60,6 +62,7 @@ impl ControlKind {
             Self::Probe => 0x10,
             Self::Relay => 0x11,
             Self::Dht => 0x20,
+            Self::Intro => 0x21,
         }
     }
 
@@ -69,6 +72,7 @@ impl ControlKind {
             0x10 => Some(Self::Probe),
             0x11 => Some(Self::Relay),
             0x20 => Some(Self::Dht),
+            0x21 => Some(Self::Intro),
             _ => None,
         }
     }
@@ -182,7 +186,12 @@ mod tests {
 
     #[test]
     fn every_kind_is_in_the_control_range() {
-        for kind in [ControlKind::Probe, ControlKind::Relay, ControlKind::Dht] {
+        for kind in [
+            ControlKind::Probe,
+            ControlKind::Relay,
+            ControlKind::Dht,
+            ControlKind::Intro,
+        ] {
             let b = kind.to_byte();
             assert_eq!(classify(&[b]), DatagramClass::Control);
             assert_eq!(ControlKind::from_byte(b), Some(kind));
@@ -191,7 +200,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(kind in prop_oneof![Just(ControlKind::Probe), Just(ControlKind::Relay), Just(ControlKind::Dht)],
+        fn round_trip(kind in prop_oneof![Just(ControlKind::Probe), Just(ControlKind::Relay), Just(ControlKind::Dht), Just(ControlKind::Intro)],
                       payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
             let mut out = Vec::new();
             ControlPacket { kind, payload: &payload }.encode(&mut out);

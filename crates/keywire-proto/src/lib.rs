@@ -11,6 +11,7 @@ pub mod datagram;
 pub mod gate;
 pub mod gro;
 pub mod identity;
+pub mod intro;
 pub mod kad;
 pub mod link;
 pub mod nat;

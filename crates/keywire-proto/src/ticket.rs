@@ -69,6 +69,19 @@ impl NodeAddr {
     }
 }
 
+impl From<NodeId> for NodeAddr {
+    /// A key with no address: dialing it needs discovery (`keywire::discovery`).
+    fn from(node_id: NodeId) -> Self {
+        Self::new(node_id, [])
+    }
+}
+
+impl From<&NodeAddr> for NodeAddr {
+    fn from(addr: &NodeAddr) -> Self {
+        addr.clone()
+    }
+}
+
 /// Turns `::ffff:a.b.c.d` into `a.b.c.d`, so one place has one spelling.
 pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
     match addr {

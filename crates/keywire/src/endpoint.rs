@@ -63,6 +63,8 @@ struct Inner {
     gates: GateRegistry,
     connect_timeout: std::time::Duration,
     gate_link: crate::GateLinkConfig,
+    /// Set once by [`Endpoint::set_discovery`].
+    discovery: std::sync::OnceLock<Arc<crate::discovery::DiscoveryState>>,
 }
 
 impl Drop for Inner {
@@ -82,7 +84,22 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// An endpoint that a background task may use without keeping it alive.
+#[derive(Clone)]
+pub(crate) struct WeakEndpoint(std::sync::Weak<Inner>);
+
+impl WeakEndpoint {
+    /// The endpoint, if some clone of it is still held.
+    pub(crate) fn upgrade(&self) -> Option<Endpoint> {
+        self.0.upgrade().map(|inner| Endpoint { inner })
+    }
+}
+
 impl Endpoint {
+    pub(crate) fn downgrade(&self) -> WeakEndpoint {
+        WeakEndpoint(Arc::downgrade(&self.inner))
+    }
+
     /// Whether the UDP port was picked by the operating system (bound with port 0).
     pub(crate) fn has_ephemeral_port(&self) -> bool {
         self.inner.ephemeral_port
@@ -206,6 +223,7 @@ impl Endpoint {
                 gates: GateRegistry::default(),
                 connect_timeout: config.connect_timeout,
                 gate_link: config.gate_link.clone(),
+                discovery: std::sync::OnceLock::new(),
             }),
         };
         // A relayed connection whose gate died asks the endpoint for another gate; a weak
@@ -289,12 +307,42 @@ impl Endpoint {
         self.inner.metrics.snapshot()
     }
 
-    /// Connects to `node` speaking `alpn`.
+    /// Connects to `node` speaking `alpn`: a [`NodeAddr`] (or a reference to one), or a bare
+    /// [`NodeId`].
     ///
     /// Tries every direct address, IPv6 first and the next one 250 ms later or as soon as the
     /// previous failed (RFC 8305); the first to complete the handshake *and* prove the dialed key
     /// and our network id wins. Fails with one reason per address.
-    pub async fn connect(&self, node: &NodeAddr, alpn: &[u8]) -> Result<Connection, ConnectError> {
+    ///
+    /// With no address, the node is found through the endpoint's discovery
+    /// ([`Endpoint::set_discovery`]; [`Endpoint::connect_by_key`] says which channel led to
+    /// it); without one, this fails with [`ConnectError::NoAddresses`].
+    pub async fn connect(
+        &self,
+        node: impl Into<NodeAddr>,
+        alpn: &[u8],
+    ) -> Result<Connection, ConnectError> {
+        let node = node.into();
+        if node.direct_addrs.is_empty() && self.discovery_cell().get().is_some() {
+            return Ok(self.connect_by_key(node.node_id, alpn).await?.connection);
+        }
+        let conn = self.connect_direct(&node, alpn).await?;
+        self.remember(&conn);
+        Ok(conn)
+    }
+
+    pub(crate) fn discovery_cell(
+        &self,
+    ) -> &std::sync::OnceLock<Arc<crate::discovery::DiscoveryState>> {
+        &self.inner.discovery
+    }
+
+    /// [`Endpoint::connect`] to the addresses given, and nowhere else.
+    pub(crate) async fn connect_direct(
+        &self,
+        node: &NodeAddr,
+        alpn: &[u8],
+    ) -> Result<Connection, ConnectError> {
         Metrics::inc(&self.inner.metrics.dials);
         let result = self.connect_inner(node, alpn).await;
         let counter = match &result {

@@ -154,6 +154,37 @@ pub enum ConnectError {
         /// Why each gate failed: its address and the error.
         gates: Vec<(SocketAddr, ConnectError)>,
     },
+    /// No channel of the endpoint's discovery led to the node (dialing a bare key).
+    #[error("could not find {node} by its key: {}", DisplayChannels(.failures))]
+    NotFound {
+        /// The node dialed.
+        node: NodeId,
+        /// Why each channel failed, in the order they gave up.
+        failures: Vec<(
+            crate::discovery::IntroChannel,
+            crate::discovery::ChannelFailure,
+        )>,
+    },
+}
+
+struct DisplayChannels<'a>(
+    &'a [(
+        crate::discovery::IntroChannel,
+        crate::discovery::ChannelFailure,
+    )],
+);
+
+impl std::fmt::Display for DisplayChannels<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no channel answered in time");
+        }
+        for (i, (channel, why)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{channel}: {why}")?;
+        }
+        Ok(())
+    }
 }
 
 struct DisplayGates<'a>(&'a [(SocketAddr, ConnectError)]);

@@ -10,7 +10,8 @@
 //!   service, [`crate::gate::Gate::spawn`], and the peer joined it): "everyone is connected to
 //!   someone". It relays under the same limits as a gate until the path goes direct.
 //!
-//! Later introducers (the DHT, the MQTT pool) implement the same trait.
+//! The DHT and the MQTT pool implement the same trait: [`crate::discovery::DhtIntroducer`],
+//! [`crate::discovery::MqttIntroducer`].
 
 use std::future::Future;
 use std::pin::Pin;

@@ -24,12 +24,14 @@
 #![deny(missing_docs)]
 
 mod accept;
+pub mod address_book;
 pub mod bench_support;
 mod birthday;
 mod config;
 mod connection;
 pub mod dht;
 mod dial;
+pub mod discovery;
 mod endpoint;
 mod error;
 pub mod gate;
@@ -47,8 +49,10 @@ mod transport;
 mod udp;
 mod upgrade;
 
+pub use address_book::{AddressBook, AddressBookError, AddressSource, BookLimits, KnownAddress};
 pub use config::{EndpointConfig, MAX_ANNOUNCED_ADDRS};
 pub use connection::{Connection, Path, PathEvents, RelayLink};
+pub use discovery::{Discovery, IntroChannel, KeyConnection};
 pub use endpoint::Endpoint;
 pub use error::{close_code, AttemptError, AttemptFailure, BindError, ConnectError};
 pub use introducer::{GateIntroducer, Introducer, IntroductionFuture, PeerIntroducer};

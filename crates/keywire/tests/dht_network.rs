@@ -8,7 +8,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keywire::dht::{Dht, DhtConfig, ModeSetting};
+use common::dht_config;
+use keywire::dht::{Dht, ModeSetting};
 use keywire::{Endpoint, EndpointConfig, NetworkId, SecretKey};
 
 const NODES: usize = 50;
@@ -20,16 +21,6 @@ fn endpoint(n: usize, key: SecretKey) -> Endpoint {
         .network(NetworkId::from_name("keywire dht tests"))
         .alpn(common::ALPN.to_vec());
     common::bind(config)
-}
-
-fn dht_config(bootstrap: Vec<SocketAddr>, mode: ModeSetting) -> DhtConfig {
-    let mut config = DhtConfig {
-        bootstrap,
-        ..DhtConfig::default()
-    };
-    config.kad.mode = mode;
-    config.kad.request_timeout = Duration::from_millis(500);
-    config
 }
 
 struct Node {

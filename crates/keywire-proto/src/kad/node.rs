@@ -85,6 +85,10 @@ pub struct KadConfig {
     /// Publish candidate addresses in our record (false: gates only, so holders of our key
     /// do not learn where we are).
     pub publish_addresses: bool,
+    /// In client mode, how often to ping the nodes holding our subscriptions, so that the
+    /// NAT mapping they deliver publications through stays open (`None`: never). Many NATs
+    /// forget an idle UDP mapping after 30 s.
+    pub subscription_keepalive: Option<Duration>,
     /// Requests served per second per source address, and burst.
     pub source_rate: (u32, u32),
     /// Publications forwarded per second in total, and burst.
@@ -106,6 +110,7 @@ impl Default for KadConfig {
             subscription_ttl: Duration::from_secs(600),
             subscribe_fanout: 4,
             publish_addresses: true,
+            subscription_keepalive: Some(Duration::from_secs(15)),
             source_rate: (50, 100),
             forward_rate: (200, 400),
         }
@@ -308,12 +313,18 @@ pub struct KadNode {
     pub(super) observed_addr: Option<SocketAddr>,
     own_record: Option<OwnRecord>,
     my_topics: BTreeMap<[u8; 32], Timestamp>,
+    /// Nodes we last sent a SUBSCRIBE to (at most [`MAX_SUBSCRIPTION_HOLDERS`]), for keepalives.
+    pub(super) subscription_holders: BTreeMap<SocketAddr, NodeId>,
+    pub(super) next_keepalive: Timestamp,
     publication_seq: u64,
     next_maintenance: Timestamp,
     bootstrap_addrs: Vec<SocketAddr>,
     pub(super) joined: bool,
     pub(super) stats: KadStats,
 }
+
+/// Most subscription holders kept alive (the fan-out times a few topics).
+pub const MAX_SUBSCRIPTION_HOLDERS: usize = 16;
 
 /// Overlay position of a pub/sub topic.
 pub fn topic_id(topic: &[u8; 32]) -> KadId {
@@ -369,6 +380,8 @@ impl KadNode {
             observed_addr: None,
             own_record: None,
             my_topics: BTreeMap::new(),
+            subscription_holders: BTreeMap::new(),
+            next_keepalive: now,
             publication_seq: now.as_unix_millis(),
             next_maintenance: now + config.maintenance_interval + jitter,
             bootstrap_addrs: Vec::new(),

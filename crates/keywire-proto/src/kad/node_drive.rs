@@ -9,6 +9,7 @@ use super::{
     KadError, KadEvent, KadNode, Mode, ModeSetting, Pending, PendingKind, Purpose, StoreOp,
     Transmit, MAX_EVENTS, MAX_LOOKUPS, MAX_PEER_COOKIES, MAX_PENDING, MAX_TRANSMITS,
 };
+use crate::identity::NodeId;
 use crate::kad::id::KadId;
 use crate::kad::limits::COOKIE_EPOCH;
 use crate::kad::lookup::{Lookup, LookupGoal};
@@ -54,7 +55,33 @@ impl KadNode {
         if self.wants_reach_check() {
             next = next.min(self.next_reach_check);
         }
+        if self.wants_keepalive() {
+            next = next.min(self.next_keepalive);
+        }
         Some(next)
+    }
+
+    fn wants_keepalive(&self) -> bool {
+        self.mode == Mode::Client
+            && self.config.subscription_keepalive.is_some()
+            && !self.subscription_holders.is_empty()
+    }
+
+    /// Pings each node holding one of our subscriptions: a client behind a NAT would
+    /// otherwise lose the mapping that their deliveries come back through.
+    fn keep_subscriptions_alive(&mut self, now: Timestamp) {
+        let Some(every) = self.config.subscription_keepalive else {
+            return;
+        };
+        self.next_keepalive = now + every;
+        let holders: Vec<(SocketAddr, NodeId)> = self
+            .subscription_holders
+            .iter()
+            .map(|(a, n)| (*a, *n))
+            .collect();
+        for (addr, node) in holders {
+            self.send_request(now, addr, Some(node), Message::Ping, PendingKind::Ping);
+        }
     }
 
     fn wants_reach_check(&self) -> bool {
@@ -74,6 +101,9 @@ impl KadNode {
         }
         if self.wants_reach_check() && now >= self.next_reach_check {
             self.check_reachability(now);
+        }
+        if self.wants_keepalive() && now >= self.next_keepalive {
+            self.keep_subscriptions_alive(now);
         }
         if now >= self.next_maintenance {
             self.maintain(now);
@@ -203,6 +233,15 @@ impl KadNode {
                     .as_secs()
                     .min(u64::from(u16::MAX)) as u16;
                 for c in lookup.closest_answered(self.config.subscribe_fanout) {
+                    if self.subscription_holders.len() >= super::MAX_SUBSCRIPTION_HOLDERS {
+                        self.subscription_holders.pop_first();
+                    }
+                    if self.subscription_holders.is_empty() {
+                        // The first keepalive one interval after the first subscription.
+                        self.next_keepalive =
+                            now + self.config.subscription_keepalive.unwrap_or_default();
+                    }
+                    self.subscription_holders.insert(c.addr, c.node_id);
                     let message = Message::Subscribe { topic, ttl_secs };
                     self.send_request(now, c.addr, Some(c.node_id), message, PendingKind::Other);
                 }

@@ -153,3 +153,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_client_keeps_its_subscription_holders_pinged() {
+    // Three servers and one client that never becomes a server (a client behind a NAT).
+    let mut nodes: Vec<KadNode> = (0..4u8)
+        .map(|i| {
+            core(
+                i + 1,
+                if i < 3 {
+                    ModeSetting::Server
+                } else {
+                    ModeSetting::Client
+                },
+            )
+        })
+        .collect();
+    for i in 1..nodes.len() {
+        nodes[i].bootstrap(T0, &[addr(0)]);
+        settle(&mut nodes, T0);
+    }
+    nodes[3].subscribe(T0, [7; 32]).unwrap();
+    settle(&mut nodes, T0);
+    let holders: Vec<SocketAddr> = nodes[3].subscription_holders.keys().copied().collect();
+    assert_eq!(holders.len(), 3, "every server holds the subscription");
+    let every = KadConfig::default().subscription_keepalive.unwrap();
+    // Nothing before the interval, one ping per holder once it is up, and again after.
+    for round in 1..=2u32 {
+        let early = T0 + every * round - Duration::from_millis(10);
+        nodes[3].handle_timeout(early);
+        assert!(nodes[3].poll_transmit().is_none());
+        let due = T0 + every * round;
+        assert!(nodes[3].poll_timeout().unwrap() <= due);
+        nodes[3].handle_timeout(due);
+        let mut pinged = Vec::new();
+        while let Some(t) = nodes[3].poll_transmit() {
+            let rpc = Rpc::decode(&t.payload).unwrap();
+            assert!(matches!(rpc.message, Message::Ping), "{:?}", rpc.message);
+            pinged.push(t.to);
+        }
+        pinged.sort();
+        assert_eq!(pinged, holders, "round {round}");
+    }
+    // A server never sends keepalives.
+    assert!(nodes[0].subscription_holders.is_empty());
+}

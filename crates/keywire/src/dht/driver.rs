@@ -30,6 +30,8 @@ pub(super) struct Driver {
     lookups: BTreeMap<LookupId, oneshot::Sender<Result<LookupOutcome, DhtError>>>,
     subscribers: BTreeMap<[u8; 32], Vec<mpsc::Sender<ReceivedPublication>>>,
     joined: bool,
+    /// Callers of [`super::Dht::ready`] waiting for a first contact.
+    ready_waiters: Vec<oneshot::Sender<()>>,
     publications_dropped: u64,
     next_save: Timestamp,
 }
@@ -58,6 +60,7 @@ impl Driver {
             lookups: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             joined: false,
+            ready_waiters: Vec::new(),
             publications_dropped: 0,
             next_save: start + SAVE_INTERVAL,
         }
@@ -112,6 +115,11 @@ impl Driver {
         while let Some(event) = self.core.poll_event() {
             self.event(event);
         }
+        if !self.ready_waiters.is_empty() && self.is_ready() {
+            for waiter in self.ready_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
         let now = now();
         if now >= self.next_save && self.joined {
             self.next_save = now + SAVE_INTERVAL;
@@ -159,8 +167,20 @@ impl Driver {
                     publications_dropped: self.publications_dropped,
                 });
             }
+            Command::Ready(reply) => {
+                if self.is_ready() {
+                    let _ = reply.send(());
+                } else if self.ready_waiters.len() < super::COMMAND_QUEUE {
+                    self.ready_waiters.push(reply);
+                }
+            }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// Whether lookups can start: the join finished or some node answered.
+    fn is_ready(&self) -> bool {
+        self.joined || !self.core.contacts().is_empty()
     }
 
     fn event(&mut self, event: KadEvent) {

@@ -105,6 +105,7 @@ pub(crate) enum Command {
     ),
     Publish([u8; 32], Vec<u8>, oneshot::Sender<Result<(), DhtError>>),
     Status(oneshot::Sender<DhtStatus>),
+    Ready(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -179,6 +180,13 @@ impl Dht {
     /// Signs `payload` and routes it to `topic`'s subscribers.
     pub async fn publish(&self, topic: [u8; 32], payload: Vec<u8>) -> Result<(), DhtError> {
         self.ask(|tx| Command::Publish(topic, payload, tx)).await?
+    }
+
+    /// Waits until lookups can start: the join finished, or some node answered (a lookup from
+    /// a node that knows no one fails at once). [`DhtError::Stopped`] if the task stops first;
+    /// callers bound the wait with a timeout.
+    pub async fn ready(&self) -> Result<(), DhtError> {
+        self.ask(Command::Ready).await
     }
 
     /// A status snapshot.

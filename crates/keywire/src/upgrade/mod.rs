@@ -68,6 +68,9 @@ pub(crate) struct Upgrades {
     nat_source: NatSourceCell,
     /// The latest NAT report and when it was made.
     nat_cache: tokio::sync::Mutex<Option<(Instant, NatReport)>>,
+    /// Our public addresses as discovery learned them (an observer, the DHT's votes): told to
+    /// peers with the gates' observations.
+    discovered_reflexive: Mutex<Vec<SocketAddr>>,
 }
 
 /// How long a NAT report is reused before asking the gate again.
@@ -119,6 +122,7 @@ impl Upgrades {
             birthday_budget: punching::PeerBudget::default(),
             nat_source: NatSourceCell::default(),
             nat_cache: tokio::sync::Mutex::default(),
+            discovered_reflexive: Mutex::default(),
         }
     }
 
@@ -159,12 +163,33 @@ impl Upgrades {
             .and_then(|local| crate::endpoint::direct_addrs(local, &self.announce))
             .unwrap_or_default();
         let mut observed = self.paths.gate_observed_addrs();
+        for addr in self.discovered_reflexive() {
+            if !observed.contains(&addr) {
+                observed.push(addr);
+            }
+        }
         observed.retain(|a| !addrs.contains(a));
         observed.truncate(crate::handshake::MAX_CANDIDATES / 2);
         // Room for every reflexive address: behind a NAT it is the one that works.
         addrs.truncate(crate::handshake::MAX_CANDIDATES - observed.len());
         addrs.extend(observed);
         addrs
+    }
+
+    /// Replaces the public addresses discovery learned (at most a handful; see
+    /// `discovery::advertise`).
+    pub(crate) fn set_discovered_reflexive(&self, addrs: Vec<SocketAddr>) {
+        *self
+            .discovered_reflexive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+
+    pub(crate) fn discovered_reflexive(&self) -> Vec<SocketAddr> {
+        self.discovered_reflexive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnTag, mpsc::Sender<ControlDatagram>>> {
@@ -321,7 +346,7 @@ pub(crate) fn probe_packet(payload: &[u8]) -> Vec<u8> {
 
 /// Whether a socket bound at `local` can send to `to`: an IPv4 socket only to IPv4, a socket on
 /// a specific IPv6 address only to IPv6, a dual-stack one (`[::]`) to both.
-fn can_reach(local: SocketAddr, to: SocketAddr) -> bool {
+pub(crate) fn can_reach(local: SocketAddr, to: SocketAddr) -> bool {
     match local {
         SocketAddr::V4(_) => to.is_ipv4(),
         SocketAddr::V6(v6) if v6.ip().is_unspecified() => true,

@@ -146,3 +146,18 @@ impl Forwarder {
         self.task.abort();
     }
 }
+
+/// DHT settings for loopback tests: `mode`, joining through `bootstrap`, 500 ms request
+/// timeouts.
+pub fn dht_config(
+    bootstrap: Vec<SocketAddr>,
+    mode: keywire::dht::ModeSetting,
+) -> keywire::dht::DhtConfig {
+    let mut config = keywire::dht::DhtConfig {
+        bootstrap,
+        ..keywire::dht::DhtConfig::default()
+    };
+    config.kad.mode = mode;
+    config.kad.request_timeout = Duration::from_millis(500);
+    config
+}
