@@ -401,7 +401,7 @@ def dial_once(lab, binary, sc, pair, payload, reply, trial_dir, network, ctx, ta
         ctx["dialer"] = dialer
         if on_dialer:
             problems += on_dialer(dialer, fig) or []
-        d_rc, l_rc = wait_done([dialer, listener], deadline)
+        d_rc, l_rc = wait_both(dialer, listener, deadline)
         _, conn = dialer.event("connected")
         _, done = dialer.event("done")
         _, l_conn = listener.event("connected")
@@ -448,6 +448,17 @@ def dial_once(lab, binary, sc, pair, payload, reply, trial_dir, network, ctx, ta
         for p in (dialer, listener):
             if p and p.proc.poll() is None:
                 p.stop()
+
+
+def wait_both(dialer, listener, deadline, after_fail_s=3.0):
+    """Exit codes as matrix.wait_done, but a dialer that failed (exited without `done`) leaves
+    the listener only `after_fail_s` more: it would otherwise wait for a dial that never comes
+    until the trial's deadline."""
+    hit = dialer.wait_match(lambda tr, e: e.get("event") == "done",
+                            max(1.0, deadline - time.monotonic()))
+    if hit is None and dialer.proc.poll() is not None:
+        deadline = min(deadline, time.monotonic() + after_fail_s)
+    return wait_done([dialer, listener], deadline)
 
 
 def run_dialkey_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=90.0):
