@@ -36,10 +36,11 @@ Scenarios (modes of DialkeyPair):
   `connected` publishes it again 3 times and then 3 garbage payloads (random bytes of the
   envelope's length, first byte the envelope version 1) to that topic on the broker it came
   from. The dialer's payload is held until 1.5 s after the last forged message, so the listener
-  is still running when they arrive. Must: connect to the right peer, bytes intact, the
-  listener's `done.mqtt_envelopes_refused` >= 3 (the garbage) and exactly one MQTT
-  introduction accepted (the replays had no effect; they are dropped as copies before opening,
-  a counter `done` does not show: see forged_problems).
+  is still running when they arrive. The replays are 0.3 s apart (a copy within 200 ms of the
+  last acknowledgement is dropped unopened, uncounted in `done`). Must: connect to the right
+  peer, bytes intact, the listener's `done.mqtt_envelopes_refused` >= 3 (the garbage),
+  `mqtt_envelopes_repeated` + `introductions_rejected` >= 3 (the replays) and exactly one MQTT
+  introduction accepted (forged_problems).
 
 Figures (lab RTTs, RTT = 2 x the one-way delay): `ttfb` = from spawning the dialer process to
 the dialer's first reply byte on the runner's clock (includes process start-up and the whole
@@ -71,6 +72,7 @@ DHT_HOSTS = [("dht1", "198.51.100.60", "2001:db8:5100::60"),
 MQTT_HOSTS = [("mqtt1", "198.51.100.70", "2001:db8:5100::70"),
               ("mqtt2", "192.0.2.71", "2001:db8:200::71")]
 ATTACKER_HOST = ("attacker", "192.0.2.80", "2001:db8:200::80")
+REPLAY_GAP_S = 0.3
 MQTT_PORT = 1883
 # The Debian package puts the broker in /usr/sbin, which a non-login PATH may lack.
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -303,7 +305,9 @@ class Attacker:
         for _ in range(replays):
             conn.publish(self.topic, env)
             sent += 1
-            time.sleep(0.05)
+            # Apart by more than the receiver's copy filter (REACK_AFTER, 200 ms), so that each
+            # replay is opened and meets the replay guard instead of being dropped as a copy.
+            time.sleep(REPLAY_GAP_S)
         for _ in range(garbage):
             conn.publish(self.topic, bytes([env[0]]) + os.urandom(max(1, len(env) - 1)))
             sent += 1
@@ -654,13 +658,13 @@ def _triple(trials):
 def forged_problems(t):
     """dialkey-forged's verdict on the listener's `done` counters. The CLI counts at two layers:
     the MQTT layer refuses garbage (`mqtt_envelopes_refused`) and envelopes already accepted
-    (`mqtt_envelopes_repeated`, which also counts the ordinary second copy of an envelope sent
-    to both brokers); discovery refuses introductions that got through that layer but are
-    stale, replayed or unasked (`introductions_rejected`). A byte-identical replay of an
-    envelope acknowledged moments ago is dropped even before opening, into a counter `done`
-    does not show (`SignalMetrics::duplicates`), so the replays are checked by their effect:
-    the listener accepted exactly one MQTT introduction (the dialer's). The garbage must show as
-    >= 3 refused. Without the per-layer counters: `introductions_rejected` >= 3."""
+    (`mqtt_envelopes_repeated`: the replays, and also the ordinary second copy of an envelope
+    sent to both brokers); discovery refuses introductions that got through that layer but are
+    stale, replayed or unasked (`introductions_rejected`). The replays are 0.3 s apart: a
+    byte-identical copy within 200 ms of the last acknowledgement is dropped before opening,
+    into a counter `done` does not show (`SignalMetrics::duplicates`). Must hold: >= 3 refused
+    (the garbage), >= 3 repeated + rejected (the replays), and exactly one MQTT introduction
+    accepted (the dialer's). Without the per-layer counters: `introductions_rejected` >= 3."""
     if t.refused is None and t.repeated is None:
         if t.rejected is None or t.rejected < 3:
             return [f"listener's introductions_rejected {t.rejected}, expected >= 3 "
@@ -669,6 +673,9 @@ def forged_problems(t):
     out = []
     if (t.refused or 0) < 3:
         out.append(f"listener refused {t.refused} envelopes, expected >= 3 (3 garbage sent)")
+    if (t.repeated or 0) + (t.rejected or 0) < 3:
+        out.append(f"listener counted {t.repeated} repeated envelopes and {t.rejected} rejected "
+                   "introductions, expected >= 3 (3 replays sent)")
     accepted = (t.intros or {}).get("mqtt")
     if accepted != 1:
         out.append(f"listener accepted {accepted} MQTT introductions, expected exactly 1 (the "
