@@ -345,7 +345,7 @@ class DialkeyPair:
         return {"dht": "direct, introduced by dht-record/dht-intro",
                 "mqtt": "direct, introduced by mqtt-intro",
                 "book": "2nd dial direct from the address book",
-                "forged": "mqtt-intro, right peer, >= 3 rejected"}[self.mode]
+                "forged": "right peer, >= 3 refused, >= 3 repeated, 1 accepted"}[self.mode]
 
 
 @dataclass
