@@ -215,14 +215,13 @@ enum Target {
 }
 
 impl Target {
+    /// A node id (`kw1…`) is dialed by key; anything else must be a ticket, and its parse
+    /// error says what is wrong with it.
     fn parse(text: &str) -> anyhow::Result<Self> {
-        if let Ok(ticket) = text.parse::<Ticket>() {
-            return Ok(Self::Ticket(ticket));
+        if text.starts_with("kw1") {
+            return Ok(Self::Key(text.parse().context("not a valid node id")?));
         }
-        match text.parse::<keywire::NodeId>() {
-            Ok(node) => Ok(Self::Key(node)),
-            Err(_) => bail!("{text:?} is neither a ticket nor a node id (kw1...)"),
-        }
+        Ok(Self::Ticket(text.parse()?))
     }
 }
 
