@@ -12,7 +12,8 @@ Scenarios (modes of DialkeyPair):
   bootstrap from dht1), peers each behind its own port-restricted router. Listener:
   `listen --dht <dht1> --dht <dht2> --book B`; after its `listening` its record is looked up
   (`keywire dht lookup <id> --bootstrap <dht1>`, repeated until found, at most 15 s; from
-  behind a symmetric NAT, see find_record; `record wait` in the table); then `connect <id> --dht <dht1> --book <fresh>`. Must end
+  behind a symmetric NAT, see find_record; `record wait` in the table); then
+  `connect <id> --dht <dht1> --book <fresh>`. Must end
   direct with `introduced_by` "dht-record" or "dht-intro".
 - `dialkey-mqtt` ("mqtt"): no DHT, no relay gate: mosquitto on mqtt1 and mqtt2 (anonymous, no
   persistence), one `keywire gate` on gate1 used only as the observer (`--observer <its
@@ -268,7 +269,8 @@ class Attacker:
         for b in brokers:
             ip, port = b.rsplit(":", 1)
             with in_netns(self.host.ns):
-                c = mqttmini.Mqtt(ip, int(port), client_id=f"kwlab-attacker-{random.getrandbits(32):x}")
+                c = mqttmini.Mqtt(ip, int(port),
+                                  client_id=f"kwlab-attacker-{random.getrandbits(32):x}")
             c.subscribe(topic)
             self.conns[b] = c
         self._threads = [threading.Thread(target=self._watch, args=(b, c), daemon=True)
@@ -407,7 +409,6 @@ def dial_once(lab, binary, sc, pair, payload, reply, trial_dir, network, ctx, ta
                 return fig, problems, listener, None
         dialer = KeywireProc(lab, binary, d_host, ["connect", l_id] + d_args, d_key, network,
                              payload[0], f"dialer{tag}", stdin_hold=hold)
-        ctx["dialer"] = dialer
         if on_dialer:
             problems += on_dialer(dialer, fig) or []
         d_rc, l_rc = wait_both(dialer, listener, deadline)
@@ -433,7 +434,7 @@ def dial_once(lab, binary, sc, pair, payload, reply, trial_dir, network, ctx, ta
             fig["repeated"] = l_done.get("mqtt_envelopes_repeated")
         tp = exchange_problems(dialer, listener, d_rc, l_rc, payload, reply)
         fig["completed"] = not tp
-        problems += [f"{tag}{p}" if tag else p for p in tp]
+        problems += [f"{tag.strip()}: {p}" if tag else p for p in tp]
         if conn and conn.get("remote_node_id") != l_id:
             problems.append(f"dialer{tag} connected to {conn.get('remote_node_id')}, expected "
                             f"the listener {l_id}")
@@ -475,13 +476,15 @@ def run_dialkey_trial(lab, binary, sc, pair, payload, reply, workdir, timeout_s=
     t0 = time.monotonic()
     lab.flush_state()
     d_room = lab.add_room(pair.dialer)
-    l_host = lab.hosts["pub1"] if pair.listener == "public" else listener_room(lab, pair.listener).peer
+    l_host = (lab.hosts["pub1"] if pair.listener == "public"
+              else listener_room(lab, pair.listener).peer)
     trial_dir = os.path.join(workdir, f"ktrial-{time.monotonic_ns()}")
     os.makedirs(trial_dir)
     network = f"natlab-{random.getrandbits(64):016x}"
     ctx = {"port": random.randint(7000, 8999)}
     l_key, d_key = os.path.join(trial_dir, "listener.key"), os.path.join(trial_dir, "dialer.key")
-    l_book, d_book = os.path.join(trial_dir, "listener.book"), os.path.join(trial_dir, "dialer.book")
+    l_book = os.path.join(trial_dir, "listener.book")
+    d_book = os.path.join(trial_dir, "dialer.book")
     servers, brokers_procs = [], []
     gate = attacker = None
     hold = threading.Event() if pair.mode == "forged" else None

@@ -264,7 +264,8 @@ def dialkey_mqtt(trials=2, delay_ms=20.0):
     must end direct, introduced by mqtt-intro, first byte within 40 RTTs of spawning the dialer
     (target 8, reported)."""
     return _dialkey("dialkey-mqtt", dialkey_mqtt.__doc__,
-                    [dialkey.DialkeyPair(PR, PR, "mqtt"), dialkey.DialkeyPair(PR, "public", "mqtt")],
+                    [dialkey.DialkeyPair(PR, PR, "mqtt"),
+                     dialkey.DialkeyPair(PR, "public", "mqtt")],
                     trials, delay_ms)
 
 
