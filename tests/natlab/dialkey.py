@@ -13,12 +13,14 @@ Scenarios (modes of DialkeyPair):
   `listen --dht <dht1> --dht <dht2> --book B`; after its `listening` its record is looked up
   (`keywire dht lookup <id> --bootstrap <dht1>`, repeated until found, at most 15 s; from
   behind a symmetric NAT, see find_record; `record wait` in the table); then
-  `connect <id> --dht <dht1> --book <fresh>`. Must end
-  direct with `introduced_by` "dht-record" or "dht-intro".
+  `connect <id> --dht <dht1> --book <fresh>`. Must end direct with `introduced_by`
+  "dht-record" or "dht-intro".
 - `dialkey-mqtt` ("mqtt"): no DHT, no relay gate: mosquitto on mqtt1 and mqtt2 (anonymous, no
   persistence), one `keywire gate` on gate1 used only as the observer (`--observer <its
   observation_addr>`); peers behind port-restricted routers, both with `--brokers <b1>,<b2>
-  --observer <obs>`. Must end direct with `introduced_by` "mqtt-intro".
+  --observer <obs>`. Must end direct with `introduced_by` "mqtt-intro". A second pair with the
+  listener on pub1 is the baseline (MQTT signalling without NAT traversal on the listener's
+  side).
 - `dialkey-book` ("book"): a dialkey-dht trial (it must pass), then the DHT nodes are stopped,
   every router's conntrack state is flushed, the listener is started again (same key file, same
   --bind port, no --dht) and the dialer dials again with the SAME --book file and no --dht: must
@@ -30,7 +32,7 @@ Scenarios (modes of DialkeyPair):
   nothing but an introduction (DHT, MQTT, a gate) makes its side open one; a test that relied on
   a leftover conntrack entry would pass by luck. So the second dial is "reconnect to a
   reachable peer from the book, without any lookup" -- exactly what the book is for.
-- `dialkey-forged` ("forged"): dialkey-mqtt plus an attacker on a public host (python,
+- `dialkey-forged` ("forged"): dialkey-mqtt (both pairs) plus an attacker on a public host (python,
   mqttmini.py): it computes the listener's signalling topic (docs/mqtt-signalling.md: BLAKE3
   over the network id and node id), subscribes to it on both brokers before the dialer starts,
   captures the dialer's introduction envelope (opaque bytes), and once the dialer is
