@@ -150,6 +150,7 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
     conn.close(0u32.into(), b"demo done");
 
     relayed_then_direct(&say, &alice, &bob).await?;
+    by_key(&say, &alice, &bob).await?;
 
     // The other half of the promise: the wrong key at the right address is refused.
     let impostor = SecretKey::generate(&mut rand::rngs::OsRng).node_id();
@@ -168,6 +169,62 @@ pub async fn run(opts: &NodeOptions, args: &DemoArgs) -> anyhow::Result<()> {
     );
     bob.close().await;
     alice.close().await;
+    Ok(())
+}
+
+/// A third node runs a DHT; Alice advertises herself there, and Bob dials nothing but her key.
+async fn by_key(say: &Reporter, alice: &Endpoint, bob: &Endpoint) -> anyhow::Result<()> {
+    use keywire::dht::{Dht, DhtConfig, ModeSetting};
+    use keywire::Discovery;
+    use std::sync::Arc;
+
+    let carol = node("127.0.0.1:0".parse()?)?;
+    let mut config = DhtConfig::default();
+    config.kad.mode = ModeSetting::Server;
+    let carol_dht = Dht::spawn(&carol, config);
+    let join = |endpoint: &Endpoint| -> anyhow::Result<Arc<Dht>> {
+        let config = DhtConfig {
+            bootstrap: vec![carol.local_addr()?],
+            ..DhtConfig::default()
+        };
+        Ok(Arc::new(Dht::spawn(endpoint, config)))
+    };
+    alice.set_discovery(Discovery::new().dht(join(alice)?))?;
+    // Bob looks for alice's record until it is stored (carol, the only server, holds it).
+    let bob_dht = join(bob)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bob_dht.lookup(alice.node_id()).await?.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "alice's DHT record did not appear within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.accept().await }
+    });
+    bob.set_discovery(Discovery::new().dht(bob_dht).advertise(false))?;
+    let started = Instant::now();
+    let found = bob
+        .connect_by_key(alice.node_id(), DEMO_ALPN)
+        .await
+        .context("bob could not dial alice by her key")?;
+    let elapsed = started.elapsed();
+    ensure!(found.connection.remote_node_id() == alice.node_id());
+    accepted.await?.context("alice did not accept")?;
+    say.step(
+        "by_key",
+        format!(
+            "bob dialed alice by her key alone (no ticket, no address): found through {} (a DHT on loopback), connected in {:.1} ms",
+            found.introduced_by,
+            ms(elapsed)
+        ),
+        serde_json::json!({ "introduced_by": found.introduced_by.as_str(), "ms": ms(elapsed) }),
+    );
+    found.connection.close(0u32.into(), b"demo done");
+    carol_dht.shutdown().await;
+    carol.close().await;
     Ok(())
 }
 

@@ -39,21 +39,12 @@ pub struct DiscoveryArgs {
     no_book: bool,
 }
 
-/// What was attached to the endpoint (kept alive for as long as the command runs).
+/// What was attached to the endpoint (it runs until the endpoint closes; the DHT's routing
+/// table is not saved by these commands).
 pub struct Attached {
-    dht: Option<Arc<Dht>>,
     mqtt: Option<Arc<SignalNode>>,
     /// The channels configured, by name (`dht`, `mqtt`).
     pub channels: Vec<&'static str>,
-}
-
-impl Attached {
-    /// Saves nothing (the DHT's table is not persisted by these commands) and stops the DHT.
-    pub async fn shutdown(self) {
-        if let Some(dht) = self.dht.and_then(|d| Arc::try_unwrap(d).ok()) {
-            dht.shutdown().await;
-        }
-    }
 }
 
 impl DiscoveryArgs {
@@ -62,16 +53,25 @@ impl DiscoveryArgs {
         Ok((!pool.brokers().is_empty()).then_some(pool))
     }
 
-    fn book_path(&self) -> anyhow::Result<Option<PathBuf>> {
+    /// The address book: the one asked for (an error if it cannot be opened), else the default
+    /// one if it can be opened (a command that did not ask for it must not fail without it).
+    fn book(&self) -> anyhow::Result<Option<AddressBook>> {
         if self.no_book {
             return Ok(None);
         }
-        match &self.book {
-            Some(path) => Ok(Some(path.clone())),
-            None => {
-                let dir =
-                    dirs::data_dir().context("no data directory; pass --book or --no-book")?;
-                Ok(Some(dir.join("keywire").join("address-book.sqlite")))
+        if let Some(path) = &self.book {
+            let book = AddressBook::open(path)
+                .with_context(|| format!("cannot open the address book {}", path.display()))?;
+            return Ok(Some(book));
+        }
+        let Some(dir) = dirs::data_dir() else {
+            return Ok(None);
+        };
+        match AddressBook::open(&dir.join("keywire").join("address-book.sqlite")) {
+            Ok(book) => Ok(Some(book)),
+            Err(e) => {
+                crate::output::err_line(&format!("keywire: no address book: {e}"));
+                Ok(None)
             }
         }
     }
@@ -96,10 +96,15 @@ impl DiscoveryArgs {
         let mut discovery = Discovery::new().advertise(advertise);
         let mut channels = Vec::new();
         let dht = (!self.dht.is_empty()).then(|| {
-            let config = DhtConfig {
+            // A client: `listen` and `connect` come and go, and a node behind a filtering NAT
+            // can pass the DHT's reachability check falsely (the proof may come from a node it
+            // already sent to) and then slow everyone's lookups with requests that time out.
+            // Public DHT nodes are `keywire dht serve` and gates.
+            let mut config = DhtConfig {
                 bootstrap: self.dht.clone(),
                 ..DhtConfig::default()
             };
+            config.kad.mode = keywire::dht::ModeSetting::Client;
             Arc::new(Dht::spawn(endpoint, config))
         });
         if let Some(dht) = &dht {
@@ -128,17 +133,11 @@ impl DiscoveryArgs {
         if let Some(observer) = self.observer {
             discovery = discovery.observer(observer);
         }
-        if let Some(path) = self.book_path()? {
-            let book = AddressBook::open(&path)
-                .with_context(|| format!("cannot open the address book {}", path.display()))?;
+        if let Some(book) = self.book()? {
             discovery = discovery.address_book(Arc::new(book));
         }
         endpoint.set_discovery(discovery)?;
-        Ok(Attached {
-            dht,
-            mqtt,
-            channels,
-        })
+        Ok(Attached { mqtt, channels })
     }
 }
 

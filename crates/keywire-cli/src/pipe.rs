@@ -30,6 +30,8 @@ use crate::output;
 pub const PIPE_ALPN: &[u8] = b"keywire/pipe/1";
 const PIPE_VERSION: u8 = 1;
 const COPY_BUFFER: usize = 256 << 10;
+/// How long a connection may take to open the pipe before the listener moves on to the next.
+const PIPE_OPEN_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug)]
 pub struct ListenArgs {
@@ -126,9 +128,14 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
             .accept()
             .await
             .context("the endpoint closed before anyone connected")?;
-        match conn.accept_bi().await {
-            Ok((send, recv)) => break (conn, send, recv),
-            Err(e) => tracing::debug!("a connection closed before opening the pipe: {e}"),
+        // Bounded, so that a peer that connects and says nothing cannot hold the listener.
+        match tokio::time::timeout(PIPE_OPEN_WAIT, conn.accept_bi()).await {
+            Ok(Ok((send, recv))) => break (conn, send, recv),
+            Ok(Err(e)) => tracing::debug!("a connection closed before opening the pipe: {e}"),
+            Err(_) => conn.close(
+                VarInt::from_u32(close_code::BUSY),
+                b"no pipe opened in time",
+            ),
         }
     };
     // This command serves one connection; tell later callers so instead of leaving them waiting.
@@ -155,7 +162,8 @@ pub async fn listen(opts: &NodeOptions, args: &ListenArgs) -> anyhow::Result<()>
     let extra = introductions_json(endpoint.discovery_metrics(), &attached);
     report_done(opts, &endpoint, &conn, stats, watcher.finish(), extra);
     endpoint.wait_idle().await;
-    attached.shutdown().await;
+    endpoint.close().await;
+    drop(attached);
     Ok(())
 }
 
@@ -204,7 +212,8 @@ pub async fn connect(opts: &NodeOptions, args: &ConnectArgs) -> anyhow::Result<(
         serde_json::json!({}),
     );
     endpoint.wait_idle().await;
-    attached.shutdown().await;
+    endpoint.close().await;
+    drop(attached);
     Ok(())
 }
 

@@ -142,6 +142,7 @@ fn demo_runs_with_nothing_installed() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("checksums match both ways"), "{text}");
     assert!(text.contains("wrong peer"), "{text}");
+    assert!(text.contains("dialed alice by her key alone"), "{text}");
 }
 
 /// Writes `len` bytes of a repeatable, non-trivial pattern to a file.

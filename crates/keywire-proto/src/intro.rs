@@ -4,18 +4,24 @@
 //! ```text
 //! introduction: version = 1 | kind (1: 1 request, 2 reply) | to (32) | time, unix ms (8)
 //!               | nonce (16) | n (1, ≤ 8) | n × address
-//! nudge:        0x21 | version = 1 | nonce (16)          (a control packet, 18 bytes)
+//! nudge:        0x21 | version = 1 | token (16)          (a control packet, 18 bytes)
+//!               token = BLAKE3("keywire nudge v1" ‖ nonce)[..16]
+//! over the DHT: sealed box (as MQTT envelopes) of "keywire intro v1" ‖ sender key (32)
+//!               ‖ introduction
 //! ```
 //!
 //! An introduction travels inside something already signed by its sender: a DHT publication
 //! (signed over topic, publisher, sequence and time) or an MQTT envelope (sealed to the
-//! destination, signed over source, destination and time). It repeats the destination and a
-//! time so that it cannot be moved to another node or replayed later, and carries a random
-//! nonce. The receiver answers by sending a nudge carrying that nonce to each of the sender's
-//! candidate addresses: the nudge opens the receiver's NAT toward the sender, and tells the
-//! sender which of the receiver's addresses is open. Nothing in a nudge is trusted beyond that:
-//! the connection that follows proves the key with TLS, so a forged nudge or a forged address
-//! can waste a dial, never redirect it.
+//! destination, signed over source, destination and time). Over the DHT it is also sealed to
+//! the destination, so that no one else (not the nodes that forward it, nor anyone subscribed
+//! to the same topic) learns its nonce or the sender's addresses, and it names its sender, who
+//! must be the publication's publisher. It repeats the destination and a time so that it
+//! cannot be moved to another node or replayed later, and carries a random nonce. The receiver
+//! answers by sending a nudge to each of the sender's candidate addresses: the nudge opens the
+//! receiver's NAT toward the sender, and tells the sender which of the receiver's addresses is
+//! open. The nudge carries a hash of the nonce, so the bytes it carries are not the sender's
+//! choice. Nothing in a nudge is trusted beyond that: the connection that follows proves the
+//! key with TLS, so a forged nudge or a forged address can waste a dial, never redirect it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -172,16 +178,63 @@ pub fn intro_topic(node: &NodeId) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-/// A nudge packet for `nonce`.
-pub fn encode_nudge(nonce: &[u8; 16]) -> [u8; NUDGE_LEN] {
+/// The token nudges answering the introduction with `nonce` carry.
+pub fn nudge_token(nonce: &[u8; 16]) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"keywire nudge v1");
+    hasher.update(nonce);
+    let mut token = [0u8; 16];
+    token.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    token
+}
+
+/// A nudge packet carrying `token` (see [`nudge_token`]).
+pub fn encode_nudge(token: &[u8; 16]) -> [u8; NUDGE_LEN] {
     let mut out = [0u8; NUDGE_LEN];
     out[0] = ControlKind::Intro.to_byte();
     out[1] = CONTROL_VERSION;
-    out[2..].copy_from_slice(nonce);
+    out[2..].copy_from_slice(token);
     out
 }
 
-/// The nonce of a nudge packet (control header included); `None` for anything else.
+const SEALED_TAG: &[u8; 16] = b"keywire intro v1";
+
+/// Seals `intro`, from `from`, to its destination (for the DHT, where anyone may read a topic).
+pub fn seal_intro<R: rand_core::CryptoRngCore + ?Sized>(
+    intro: &Introduction,
+    from: &NodeId,
+    rng: &mut R,
+) -> Result<Vec<u8>, crate::signal::SealError> {
+    let mut inner = Vec::with_capacity(48 + 60);
+    inner.extend_from_slice(SEALED_TAG);
+    inner.extend_from_slice(from.as_bytes());
+    inner.extend_from_slice(&intro.encode());
+    crate::signal::seal_raw(&inner, &intro.to, rng)
+}
+
+/// Opens a sealed introduction published by `publisher`; refused if it does not open with our
+/// key, is not an introduction, or names another sender than the publisher.
+pub fn open_intro(
+    opener: &crate::signal::Opener,
+    sealed: &[u8],
+    publisher: &NodeId,
+) -> Result<Introduction, IntroError> {
+    let inner = opener
+        .open_raw(sealed)
+        .map_err(|_| IntroError::Malformed("does not open with our key"))?;
+    let mut r = Reader(&inner);
+    if r.bytes(SEALED_TAG.len())? != SEALED_TAG {
+        return Err(IntroError::Malformed("not a sealed introduction"));
+    }
+    if r.array::<32>()? != *publisher.as_bytes() {
+        return Err(IntroError::Malformed(
+            "sealed by someone else than its publisher",
+        ));
+    }
+    Introduction::decode(r.0)
+}
+
+/// The token of a nudge packet (control header included); `None` for anything else.
 pub fn decode_nudge(packet: &[u8]) -> Option<[u8; 16]> {
     if packet.len() != NUDGE_LEN
         || packet[0] != ControlKind::Intro.to_byte()

@@ -1,5 +1,6 @@
 use super::*;
 use crate::SecretKey;
+use rand_chacha::rand_core::SeedableRng;
 
 fn key(seed: u8) -> NodeId {
     SecretKey::from_seed([seed; 32]).node_id()
@@ -131,4 +132,42 @@ fn nudges_round_trip_and_refuse_other_packets() {
 fn topics_differ_per_node() {
     assert_ne!(intro_topic(&key(1)), intro_topic(&key(2)));
     assert_eq!(intro_topic(&key(1)), intro_topic(&key(1)));
+}
+
+#[test]
+fn sealed_introductions_open_only_for_the_destination_from_their_publisher() {
+    let (me, dialer) = (SecretKey::from_seed([2; 32]), SecretKey::from_seed([1; 32]));
+    let intro = request();
+    assert_eq!(intro.to, me.node_id());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let sealed = seal_intro(&intro, &dialer.node_id(), &mut rng).unwrap();
+    // Nothing of the introduction shows: not its nonce, not an address.
+    assert!(!sealed.windows(16).any(|w| w == intro.nonce));
+    assert!(!sealed.windows(4).any(|w| w == [192, 0, 2, 1]));
+    let opener = crate::signal::Opener::new(&me);
+    assert_eq!(
+        open_intro(&opener, &sealed, &dialer.node_id()),
+        Ok(intro.clone())
+    );
+    // Re-published by someone else: refused.
+    assert!(open_intro(&opener, &sealed, &key(9)).is_err());
+    // Another node cannot open it.
+    let other = crate::signal::Opener::new(&SecretKey::from_seed([3; 32]));
+    assert!(open_intro(&other, &sealed, &dialer.node_id()).is_err());
+    // An MQTT-style sealed box of other bytes is not an introduction.
+    let raw = crate::signal::seal_raw(&intro.encode(), &me.node_id(), &mut rng).unwrap();
+    assert!(open_intro(&opener, &raw, &dialer.node_id()).is_err());
+    for len in 0..sealed.len() {
+        assert!(open_intro(&opener, &sealed[..len], &dialer.node_id()).is_err());
+    }
+}
+
+#[test]
+fn nudges_carry_a_hash_of_the_nonce() {
+    let nonce = [7u8; 16];
+    let token = nudge_token(&nonce);
+    assert_ne!(token, nonce);
+    assert_eq!(token, nudge_token(&nonce));
+    assert_ne!(token, nudge_token(&[8; 16]));
+    assert_eq!(decode_nudge(&encode_nudge(&token)), Some(token));
 }

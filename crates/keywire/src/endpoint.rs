@@ -71,6 +71,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.accept_task.abort();
         self.probe_task.abort();
+        if let Some(discovery) = self.discovery.get() {
+            discovery.stop();
+        }
         self.quinn.set_server_config(None);
     }
 }
@@ -327,7 +330,9 @@ impl Endpoint {
             return Ok(self.connect_by_key(node.node_id, alpn).await?.connection);
         }
         let conn = self.connect_direct(&node, alpn).await?;
-        self.remember(&conn);
+        if let Some(state) = self.discovery_cell().get() {
+            state.remember_later(&conn);
+        }
         Ok(conn)
     }
 
@@ -679,6 +684,9 @@ impl Endpoint {
     /// Closes every connection and the socket, waiting (up to 3 s) for peers to be told.
     pub async fn close(&self) {
         self.inner.accept_task.abort();
+        if let Some(discovery) = self.discovery_cell().get() {
+            discovery.stop();
+        }
         self.inner.quinn.close(
             VarInt::from_u32(close_code::ENDPOINT_CLOSING),
             b"endpoint closing",

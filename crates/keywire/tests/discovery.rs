@@ -336,3 +336,31 @@ async fn a_key_nobody_advertises_fails_with_each_channels_reason() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_endpoint_with_discovery_frees_its_port() {
+    bounded(LIMIT, async {
+        let net = DhtNet::start(91).await;
+        let addr = {
+            let endpoint = endpoint_at("127.94.0.1", new_key());
+            let dht = dht_client(&endpoint, net.addrs());
+            endpoint.set_discovery(Discovery::new().dht(dht)).unwrap();
+            let addr = endpoint.local_addr().unwrap();
+            endpoint.close().await;
+            addr
+        };
+        // The discovery's tasks, the DHT and the socket go with the endpoint.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::net::UdpSocket::bind(addr) {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "{addr} still bound 5 s after the endpoint was dropped: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

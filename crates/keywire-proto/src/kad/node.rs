@@ -313,8 +313,10 @@ pub struct KadNode {
     pub(super) observed_addr: Option<SocketAddr>,
     own_record: Option<OwnRecord>,
     my_topics: BTreeMap<[u8; 32], Timestamp>,
-    /// Nodes we last sent a SUBSCRIBE to (at most [`MAX_SUBSCRIPTION_HOLDERS`]), for keepalives.
-    pub(super) subscription_holders: BTreeMap<SocketAddr, NodeId>,
+    /// Nodes we sent a SUBSCRIBE to, and when (at most [`MAX_SUBSCRIPTION_HOLDERS`], the
+    /// oldest forgotten first; forgotten too once the subscription would have lapsed), for
+    /// keepalives.
+    pub(super) subscription_holders: BTreeMap<SocketAddr, (NodeId, Timestamp)>,
     pub(super) next_keepalive: Timestamp,
     publication_seq: u64,
     next_maintenance: Timestamp,

@@ -67,21 +67,51 @@ impl KadNode {
             && !self.subscription_holders.is_empty()
     }
 
+    /// The keepalive interval, at least a second (a zero interval would spin).
+    fn keepalive_interval(&self) -> Option<Duration> {
+        self.config
+            .subscription_keepalive
+            .map(|every| every.max(Duration::from_secs(1)))
+    }
+
     /// Pings each node holding one of our subscriptions: a client behind a NAT would
-    /// otherwise lose the mapping that their deliveries come back through.
+    /// otherwise lose the mapping that their deliveries come back through. Holders of
+    /// subscriptions that lapsed (not renewed for a whole lifetime) are forgotten.
     fn keep_subscriptions_alive(&mut self, now: Timestamp) {
-        let Some(every) = self.config.subscription_keepalive else {
+        let Some(every) = self.keepalive_interval() else {
             return;
         };
         self.next_keepalive = now + every;
+        let lifetime = self.config.subscription_ttl;
+        self.subscription_holders
+            .retain(|_, (_, at)| now.saturating_since(*at) < lifetime);
         let holders: Vec<(SocketAddr, NodeId)> = self
             .subscription_holders
             .iter()
-            .map(|(a, n)| (*a, *n))
+            .map(|(a, (n, _))| (*a, *n))
             .collect();
         for (addr, node) in holders {
             self.send_request(now, addr, Some(node), Message::Ping, PendingKind::Ping);
         }
+    }
+
+    fn note_subscription_holder(&mut self, now: Timestamp, addr: SocketAddr, node: NodeId) {
+        let known = self.subscription_holders.contains_key(&addr);
+        if !known && self.subscription_holders.len() >= super::MAX_SUBSCRIPTION_HOLDERS {
+            let oldest = self
+                .subscription_holders
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(a, _)| *a);
+            if let Some(oldest) = oldest {
+                self.subscription_holders.remove(&oldest);
+            }
+        }
+        if self.subscription_holders.is_empty() {
+            // The first keepalive one interval after the first subscription.
+            self.next_keepalive = now + self.keepalive_interval().unwrap_or_default();
+        }
+        self.subscription_holders.insert(addr, (node, now));
     }
 
     fn wants_reach_check(&self) -> bool {
@@ -233,15 +263,7 @@ impl KadNode {
                     .as_secs()
                     .min(u64::from(u16::MAX)) as u16;
                 for c in lookup.closest_answered(self.config.subscribe_fanout) {
-                    if self.subscription_holders.len() >= super::MAX_SUBSCRIPTION_HOLDERS {
-                        self.subscription_holders.pop_first();
-                    }
-                    if self.subscription_holders.is_empty() {
-                        // The first keepalive one interval after the first subscription.
-                        self.next_keepalive =
-                            now + self.config.subscription_keepalive.unwrap_or_default();
-                    }
-                    self.subscription_holders.insert(c.addr, c.node_id);
+                    self.note_subscription_holder(now, c.addr, c.node_id);
                     let message = Message::Subscribe { topic, ttl_secs };
                     self.send_request(now, c.addr, Some(c.node_id), message, PendingKind::Other);
                 }

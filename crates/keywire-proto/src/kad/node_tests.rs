@@ -175,7 +175,8 @@ fn a_client_keeps_its_subscription_holders_pinged() {
     }
     nodes[3].subscribe(T0, [7; 32]).unwrap();
     settle(&mut nodes, T0);
-    let holders: Vec<SocketAddr> = nodes[3].subscription_holders.keys().copied().collect();
+    let mut holders: Vec<SocketAddr> = nodes[3].subscription_holders.keys().copied().collect();
+    holders.sort();
     assert_eq!(holders.len(), 3, "every server holds the subscription");
     let every = KadConfig::default().subscription_keepalive.unwrap();
     // Nothing before the interval, one ping per holder once it is up, and again after.

@@ -124,6 +124,11 @@ impl Opener {
 
     /// Opens a sealed envelope, checks its destination and signature.
     pub fn open(&self, sealed: &[u8]) -> Result<Envelope, OpenError> {
+        Envelope::decode_verified(&self.open_raw(sealed)?, &self.me)
+    }
+
+    /// Opens a sealed box made by [`seal_raw`] and returns what is inside, unchecked.
+    pub fn open_raw(&self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.len() > MAX_SEALED {
             return Err(OpenError::Oversized(sealed.len()));
         }
@@ -149,7 +154,7 @@ impl Opener {
                 },
             )
             .map_err(|_| OpenError::Malformed("decryption failed"))?;
-        Envelope::decode_verified(&inner, &self.me)
+        Ok(inner)
     }
 }
 

@@ -168,6 +168,8 @@ impl Driver {
                 });
             }
             Command::Ready(reply) => {
+                // Callers that gave up waiting leave a closed sender: forget those first.
+                self.ready_waiters.retain(|w| !w.is_closed());
                 if self.is_ready() {
                     let _ = reply.send(());
                 } else if self.ready_waiters.len() < super::COMMAND_QUEUE {

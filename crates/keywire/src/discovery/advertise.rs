@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keywire_proto::datagram::ControlKind;
-use keywire_proto::intro::{intro_topic, IntroKind, Introduction, MAX_INTRO_CANDIDATES};
+use keywire_proto::intro::{
+    intro_topic, open_intro, IntroKind, Introduction, MAX_INTRO_CANDIDATES,
+};
 use keywire_proto::kad::GateRef;
 use keywire_proto::NodeId;
 
@@ -62,7 +64,7 @@ pub(super) fn start(endpoint: &Endpoint, state: &Arc<DiscoveryState>) {
 async fn receive_nudges(state: Arc<DiscoveryState>, mut channel: crate::ControlChannel) {
     while let Some(datagram) = channel.recv().await {
         match <[u8; 16]>::try_from(&datagram.payload[..]) {
-            Ok(nonce) => state.nudged(nonce, datagram.from),
+            Ok(token) => state.nudged(token, datagram.from),
             Err(_) => Metrics::inc(&state.counters.nudges_unmatched),
         }
     }
@@ -166,7 +168,8 @@ async fn dht_introductions(state: Arc<DiscoveryState>) {
     };
     while let Some(received) = publications.recv().await {
         let from = received.publication.publisher;
-        let Ok(intro) = Introduction::decode(&received.publication.payload) else {
+        let payload = &received.publication.payload;
+        let Ok(intro) = open_intro(&state.opener, payload, &from) else {
             Metrics::inc(&state.counters.intros_rejected);
             continue;
         };
@@ -222,6 +225,10 @@ async fn mqtt_messages(state: Arc<DiscoveryState>) {
 }
 
 fn spawn_nudges(state: &Arc<DiscoveryState>, targets: Vec<SocketAddr>, nonce: [u8; 16]) {
+    let targets = state.nudge_targets(&targets);
+    if targets.is_empty() {
+        return;
+    }
     let state = state.clone();
     // Short-lived and bounded (three rounds); not tracked, it ends on its own.
     tokio::spawn(async move {
@@ -237,6 +244,11 @@ fn spawn_reply(state: &Arc<DiscoveryState>, to: NodeId, nonce: [u8; 16]) {
     let Some(mqtt) = state.mqtt.clone() else {
         return;
     };
+    // Bounded: a reply is republished until acknowledged, so a flood of introductions must
+    // not turn into a flood of publishes (the nudges still go out).
+    let Ok(permit) = state.replies.clone().try_acquire_owned() else {
+        return;
+    };
     let reply = Introduction {
         kind: IntroKind::Reply,
         to,
@@ -245,6 +257,7 @@ fn spawn_reply(state: &Arc<DiscoveryState>, to: NodeId, nonce: [u8; 16]) {
         candidates: state.candidates(),
     };
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(e) = mqtt
             .send_control(to, &reply.encode())
             .await

@@ -218,6 +218,9 @@ pub enum DiscoveryError {
     /// The endpoint already has one.
     #[error("this endpoint already has a discovery attached")]
     AlreadySet,
+    /// Not called inside a tokio runtime (the discovery runs tasks).
+    #[error("discovery must be attached inside a tokio runtime")]
+    NoRuntime,
     /// The MQTT node uses another key than the endpoint.
     #[error("the MQTT node's key ({mqtt}) is not the endpoint's ({endpoint})")]
     KeyMismatch {
@@ -233,6 +236,9 @@ impl Endpoint {
     /// through it, and (unless turned off) this node advertises itself through it. Must be
     /// called inside a tokio runtime; once per endpoint.
     pub fn set_discovery(&self, discovery: Discovery) -> Result<(), DiscoveryError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(DiscoveryError::NoRuntime);
+        }
         if let Some(mqtt) = &discovery.mqtt {
             if mqtt.node_id() != self.node_id() {
                 return Err(DiscoveryError::KeyMismatch {
@@ -283,7 +289,8 @@ impl Endpoint {
             .connection)
     }
 
-    /// Remembers that `conn` works (its direct address) in the attached address book.
+    /// Remembers that `conn` works (its direct address) in the attached address book. Blocks
+    /// for one short SQLite write (longer if another process holds the file's write lock).
     pub fn remember(&self, conn: &Connection) {
         if let Some(state) = self.discovery_cell().get() {
             state.remember(conn);

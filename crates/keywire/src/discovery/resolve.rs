@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use keywire_proto::intro::{intro_topic, IntroKind, Introduction, MAX_INTRO_CANDIDATES};
+use keywire_proto::intro::{
+    intro_topic, seal_intro, IntroKind, Introduction, MAX_INTRO_CANDIDATES,
+};
 use keywire_proto::{NodeAddr, NodeId, Ticket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -18,21 +20,41 @@ use tokio::time::Instant;
 use super::state::{lock, unix_ms, DiscoveryState};
 use super::{ChannelFailure, IntroChannel, KeyConnection, ResolveTimings, RESOLVE_TIMEOUT};
 use crate::address_book::AddressSource;
+use crate::signal::SignalError;
 use crate::{ConnectError, Connection, Endpoint};
 
 /// How long the DHT may take to find its first contact before lookups start.
 const DHT_READY_WAIT: Duration = Duration::from_secs(5);
 /// How long an introduction's answer is awaited.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for the observer before an introduction goes out.
+const OBSERVE_WAIT: Duration = Duration::from_millis(1500);
 /// Most dials started by nudges, per channel (each nudge names an address of the node's).
 const MAX_NUDGE_DIALS: usize = 4;
 
 type Outcome = Result<(Connection, IntroChannel), (IntroChannel, ChannelFailure)>;
 
+/// The tasks of one call, and whether it has ended (then a task spawned late is aborted at
+/// once: a channel's task may be spawning a dial just as the call returns).
+#[derive(Default)]
+struct Handles {
+    running: Vec<AbortHandle>,
+    ended: bool,
+}
+
+impl Handles {
+    fn end(&mut self) {
+        self.ended = true;
+        for handle in self.running.drain(..) {
+            handle.abort();
+        }
+    }
+}
+
 /// The attempts of one call: aborted when the call ends.
 #[derive(Clone)]
 struct Attempts {
-    handles: Arc<Mutex<Vec<AbortHandle>>>,
+    handles: Arc<Mutex<Handles>>,
     outcomes: mpsc::Sender<Outcome>,
     timings: Arc<Mutex<ResolveTimings>>,
     start: Instant,
@@ -43,8 +65,11 @@ struct Attempts {
 
 impl Attempts {
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let handle = tokio::spawn(task).abort_handle();
-        lock(&self.handles).push(handle);
+        let mut handles = lock(&self.handles);
+        if handles.ended {
+            return;
+        }
+        handles.running.push(tokio::spawn(task).abort_handle());
     }
 
     fn note(&self, set: impl FnOnce(&mut ResolveTimings, Duration)) {
@@ -152,12 +177,10 @@ pub(super) async fn connect(
     };
     // Aborts every attempt however this call ends (returned, failed, or dropped). It holds
     // no sender: the queue closes once every attempt has ended.
-    struct AbortOnDrop(Arc<Mutex<Vec<AbortHandle>>>);
+    struct AbortOnDrop(Arc<Mutex<Handles>>);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
-            for handle in lock(&self.0).drain(..) {
-                handle.abort();
-            }
+            lock(&self.0).end();
         }
     }
     let guard = AbortOnDrop(attempts.handles.clone());
@@ -191,7 +214,7 @@ pub(super) async fn connect(
     drop(guard);
     match won {
         Some((connection, introduced_by)) => {
-            state.remember(&connection);
+            state.remember_later(&connection);
             Ok(KeyConnection {
                 connection,
                 introduced_by,
@@ -203,17 +226,24 @@ pub(super) async fn connect(
 }
 
 async fn from_book(attempts: &Attempts, state: &DiscoveryState) {
-    let Some(book) = &state.book else { return };
-    let now = SystemTime::now();
-    let known = book
-        .addresses(&attempts.node, now)
-        .and_then(|addrs| Ok((addrs, book.gates(&attempts.node, now)?)));
+    let Some(book) = state.book.clone() else {
+        return;
+    };
+    let node = attempts.node;
+    // On a blocking thread: SQLite may wait for another process's write.
+    let known = tokio::task::spawn_blocking(move || {
+        let now = SystemTime::now();
+        book.addresses(&node, now)
+            .and_then(|addrs| Ok((addrs, book.gates(&node, now)?)))
+    })
+    .await;
     let (addrs, gates) = match known {
-        Ok(known) => known,
-        Err(e) => {
+        Ok(Ok(known)) => known,
+        Ok(Err(e)) => {
             tracing::warn!("address book: {e}");
             return;
         }
+        Err(_) => return,
     };
     if addrs.is_empty() && gates.is_empty() {
         return attempts
@@ -226,7 +256,19 @@ async fn from_book(attempts: &Attempts, state: &DiscoveryState) {
     attempts.dial_with_gates(addrs, gates, IntroChannel::AddressBook);
 }
 
-fn introduction(state: &DiscoveryState, to: NodeId) -> Introduction {
+/// Our introduction to `to`. Without a public address yet (the observer's first answer may
+/// still be on its way at start-up), the observer is asked first, for at most
+/// [`OBSERVE_WAIT`]: an introduction naming only our LAN address is nudged where the node
+/// cannot reach, and its NAT stays closed to us.
+async fn introduction(state: &DiscoveryState, to: NodeId) -> Introduction {
+    if let Some(observer) = state.observer {
+        if state.upgrades.discovered_reflexive().is_empty() {
+            let observed = tokio::time::timeout(OBSERVE_WAIT, state.upgrades.observe(observer));
+            if let Ok(Some(addr)) = observed.await {
+                state.upgrades.set_discovered_reflexive(vec![addr]);
+            }
+        }
+    }
     let mut candidates = state.candidates();
     candidates.truncate(MAX_INTRO_CANDIDATES);
     Introduction {
@@ -249,11 +291,17 @@ async fn from_dht(attempts: Attempts, state: Arc<DiscoveryState>) {
         Ok(Err(e)) => return attempts.fail(channel, e.into()).await,
         Err(_) => return attempts.fail(channel, ChannelFailure::NoRecord).await,
     }
-    let intro = introduction(&state, attempts.node);
+    let intro = introduction(&state, attempts.node).await;
     let Some((mut nudges, _waiting)) = state.wait_nudges(intro.nonce) else {
         return attempts.fail(channel, ChannelFailure::NoAnswer).await;
     };
-    let publish = dht.publish(intro_topic(&attempts.node), intro.encode());
+    // Sealed to the node: whoever else reads the topic learns neither the nonce nor where we
+    // are.
+    let sealed = match seal_intro(&intro, &state.me, &mut rand::rngs::OsRng) {
+        Ok(sealed) => sealed,
+        Err(e) => return attempts.fail(channel, SignalError::from(e).into()).await,
+    };
+    let publish = dht.publish(intro_topic(&attempts.node), sealed);
     let lookup = dht.lookup(attempts.node);
     tokio::pin!(publish, lookup);
     let (mut published, mut looked_up) = (false, false);
@@ -275,8 +323,14 @@ async fn from_dht(attempts: Attempts, state: Arc<DiscoveryState>) {
                     Ok(Some(record)) => {
                         found = true;
                         attempts.note(|t, d| t.dht_record = Some(d));
-                        state.note_record(&record);
-                        let gates = record.gates.iter().map(|g| (g.node_id, g.addr)).collect();
+                        let gates: Vec<_> =
+                            record.gates.iter().map(|g| (g.node_id, g.addr)).collect();
+                        state.note_hints_later(
+                            attempts.node,
+                            record.addrs.clone(),
+                            gates.clone(),
+                            AddressSource::Dht,
+                        );
                         attempts.dial_with_gates(record.addrs, gates, IntroChannel::DhtRecord);
                     }
                     Ok(None) => {}
@@ -307,7 +361,7 @@ async fn from_mqtt(attempts: Attempts, state: Arc<DiscoveryState>) {
     let Some(mqtt) = state.mqtt.clone() else {
         return;
     };
-    let intro = introduction(&state, attempts.node);
+    let intro = introduction(&state, attempts.node).await;
     let Some((mut nudges, _waiting)) = state.wait_nudges(intro.nonce) else {
         return attempts.fail(channel, ChannelFailure::NoAnswer).await;
     };
@@ -324,8 +378,10 @@ async fn from_mqtt(attempts: Attempts, state: Arc<DiscoveryState>) {
         tokio::select! {
             result = &mut send, if !sent => {
                 sent = true;
+                // Unacknowledged or refused locally: the node may still have it (another
+                // broker), so the wait for its answer goes on.
                 if let Err(e) = result {
-                    return attempts.fail(channel, e.into()).await;
+                    tracing::debug!("MQTT introduction: {e}");
                 }
             }
             answer = &mut reply, if !replied => {
@@ -334,7 +390,12 @@ async fn from_mqtt(attempts: Attempts, state: Arc<DiscoveryState>) {
                 if dialed.is_empty() {
                     attempts.note(|t, d| t.mqtt_answer = Some(d));
                 }
-                state.note_hints(&attempts.node, &answer.candidates, AddressSource::Mqtt);
+                state.note_hints_later(
+                    attempts.node,
+                    answer.candidates.clone(),
+                    Vec::new(),
+                    AddressSource::Mqtt,
+                );
                 let fresh: Vec<SocketAddr> = answer
                     .candidates
                     .into_iter()

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use keywire_proto::intro::{encode_nudge, IntroGuard, Introduction};
-use keywire_proto::signal::TokenBucket;
+use keywire_proto::intro::{encode_nudge, nudge_token, IntroGuard, Introduction};
+use keywire_proto::signal::{Opener, TokenBucket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -31,14 +31,19 @@ const NUDGE_BURST: u32 = 60;
 /// Introductions we answer, all senders together: per second, and in one burst.
 const INTRO_RATE: u32 = 20;
 const INTRO_BURST: u32 = 40;
+/// MQTT replies being sent at once (each may be republished until acknowledged); an
+/// introduction arriving beyond that is answered with nudges only.
+const MAX_REPLIES: usize = 8;
 
-/// A waiter for the nudges answering one of our introductions.
+/// A waiter for the nudges answering one of our introductions (keyed by their token).
 pub(crate) struct NudgeWaiter(pub(crate) mpsc::Sender<SocketAddr>);
 /// A waiter for the MQTT reply to one of our introductions: who must send it, and where to.
 pub(crate) type ReplyWaiter = (NodeId, oneshot::Sender<Introduction>);
 
 pub(crate) struct DiscoveryState {
     pub(crate) me: NodeId,
+    /// Opens introductions sealed to us (over the DHT).
+    pub(crate) opener: Opener,
     pub(crate) dht: Option<Arc<Dht>>,
     pub(crate) mqtt: Option<Arc<SignalNode>>,
     pub(crate) book: Option<Arc<AddressBook>>,
@@ -52,15 +57,10 @@ pub(crate) struct DiscoveryState {
     guard: Mutex<IntroGuard>,
     nudge_bucket: Mutex<TokenBucket>,
     intro_bucket: Mutex<TokenBucket>,
+    pub(crate) replies: Arc<tokio::sync::Semaphore>,
+    /// The node side's tasks. They hold this state, so they are stopped by the endpoint
+    /// (dropped or closed, [`DiscoveryState::stop`]), not by this state's drop.
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl Drop for DiscoveryState {
-    fn drop(&mut self) {
-        for task in lock(&self.tasks).drain(..) {
-            task.abort();
-        }
-    }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,6 +78,7 @@ impl DiscoveryState {
         let now = Instant::now();
         Arc::new(Self {
             me: endpoint.node_id(),
+            opener: Opener::new(endpoint.secret_key()),
             dht: discovery.dht,
             mqtt: discovery.mqtt,
             book: discovery.book,
@@ -91,8 +92,16 @@ impl DiscoveryState {
             guard: Mutex::new(IntroGuard::new(GUARD_CAPACITY)),
             nudge_bucket: Mutex::new(TokenBucket::new(NUDGE_RATE, NUDGE_BURST, now)),
             intro_bucket: Mutex::new(TokenBucket::new(INTRO_RATE, INTRO_BURST, now)),
+            replies: Arc::new(tokio::sync::Semaphore::new(MAX_REPLIES)),
             tasks: Mutex::default(),
         })
+    }
+
+    /// Stops the node side's tasks (the endpoint is going away).
+    pub(crate) fn stop(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
     }
 
     /// Our candidate addresses, as the handshake tells them (bound, announced, reflexive).
@@ -100,8 +109,8 @@ impl DiscoveryState {
         self.upgrades.local_candidates()
     }
 
-    /// Starts waiting for nudges carrying `nonce`; `None` if too many wait already. The
-    /// waiter goes when the returned guard drops.
+    /// Starts waiting for nudges answering the introduction with `nonce`; `None` if too many
+    /// wait already. The waiter goes when the returned guard drops.
     pub(crate) fn wait_nudges(
         self: &Arc<Self>,
         nonce: [u8; 16],
@@ -111,7 +120,7 @@ impl DiscoveryState {
             return None;
         }
         let (tx, rx) = mpsc::channel(8);
-        waiters.insert(nonce, NudgeWaiter(tx));
+        waiters.insert(nudge_token(&nonce), NudgeWaiter(tx));
         Some((
             rx,
             WaiterGuard {
@@ -136,10 +145,10 @@ impl DiscoveryState {
         rx
     }
 
-    /// A nudge arrived from `from`.
-    pub(crate) fn nudged(&self, nonce: [u8; 16], from: SocketAddr) {
+    /// A nudge carrying `token` arrived from `from`.
+    pub(crate) fn nudged(&self, token: [u8; 16], from: SocketAddr) {
         let matched = lock(&self.nudge_waiters)
-            .get(&nonce)
+            .get(&token)
             .is_some_and(|w| w.0.try_send(from).is_ok());
         let counter = if matched {
             &self.counters.nudges_matched
@@ -162,32 +171,46 @@ impl DiscoveryState {
         waiter.send(reply).is_ok()
     }
 
-    /// Checks an introduction against destination, time and replay, and the rate limit.
+    /// Checks the rate limit, then the introduction's destination, time and replay. (The rate
+    /// limit first: a flood must not push genuine entries out of the replay guard.)
     pub(crate) fn admit(&self, from: &NodeId, intro: &Introduction) -> bool {
+        if !lock(&self.intro_bucket).try_take(Instant::now()) {
+            Metrics::inc(&self.counters.intros_rate_limited);
+            return false;
+        }
         if let Err(why) = lock(&self.guard).accept(from, intro, &self.me, unix_ms()) {
             tracing::debug!("introduction from {} refused: {why}", from.short());
             Metrics::inc(&self.counters.intros_rejected);
             return false;
         }
-        if !lock(&self.intro_bucket).try_take(Instant::now()) {
-            Metrics::inc(&self.counters.intros_rate_limited);
-            return false;
-        }
         true
     }
 
-    /// Sends one round of nudges carrying `nonce` to `targets` (our own addresses skipped),
-    /// within the rate limit.
-    pub(crate) async fn nudge(&self, targets: &[SocketAddr], nonce: &[u8; 16]) {
-        let packet = encode_nudge(nonce);
+    /// The addresses a nudge may go to, of `targets`: each once; not our own; of an address
+    /// family our socket sends to; and loopback only when we are on loopback ourselves (a
+    /// remote requester must not make us send to our own host's services).
+    pub(crate) fn nudge_targets(&self, targets: &[SocketAddr]) -> Vec<SocketAddr> {
         let own = self.candidates();
         let local = self.socket.real_local_addr().ok();
-        // Our own addresses, and those our socket cannot send to (the other family), are
-        // skipped.
-        let reachable = |t: &&SocketAddr| {
-            !own.contains(t) && local.is_none_or(|l| crate::upgrade::can_reach(l, **t))
-        };
-        for target in targets.iter().filter(reachable) {
+        let on_loopback = local.is_some_and(|l| l.ip().is_loopback());
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for target in targets {
+            let usable = !own.contains(target)
+                && !out.contains(target)
+                && local.is_none_or(|l| crate::upgrade::can_reach(l, *target))
+                && (on_loopback || !target.ip().is_loopback());
+            if usable {
+                out.push(*target);
+            }
+        }
+        out
+    }
+
+    /// Sends one round of nudges answering the introduction with `nonce` to `targets` (already
+    /// filtered by [`Self::nudge_targets`]), within the rate limit.
+    pub(crate) async fn nudge(&self, targets: &[SocketAddr], nonce: &[u8; 16]) {
+        let packet = encode_nudge(&nudge_token(nonce));
+        for target in targets {
             if !lock(&self.nudge_bucket).try_take(Instant::now()) {
                 Metrics::inc(&self.counters.nudges_rate_limited);
                 continue;
@@ -199,41 +222,54 @@ impl DiscoveryState {
         }
     }
 
-    /// Notes in the address book that `conn` works over its direct address.
+    /// Notes in the address book that `conn` works over its direct address. Blocking (one
+    /// short SQLite transaction); async paths use [`Self::remember_later`].
     pub(crate) fn remember(&self, conn: &Connection) {
         let (Some(book), Path::Direct(addr)) = (&self.book, conn.path()) else {
             return;
         };
-        let now = SystemTime::now();
-        if let Err(e) = book.note_worked(&conn.remote_node_id(), addr, now) {
-            tracing::warn!("address book: {e}");
-        }
+        report(book.note_worked(&conn.remote_node_id(), addr, SystemTime::now()));
     }
 
-    /// Notes what a DHT record offers (addresses and gates; not yet proven to work).
-    pub(crate) fn note_record(&self, record: &keywire_proto::kad::AddressRecord) {
-        self.note_hints(&record.node_id, &record.addrs, AddressSource::Dht);
-        let Some(book) = &self.book else { return };
-        for gate in &record.gates {
-            if let Err(e) =
-                book.note_gate(&record.node_id, &gate.node_id, gate.addr, SystemTime::now())
-            {
-                tracing::warn!("address book: {e}");
-                return;
-            }
-        }
+    /// [`Self::remember`] on a blocking thread: SQLite may wait up to its busy timeout for
+    /// another process's write.
+    pub(crate) fn remember_later(&self, conn: &Connection) {
+        let (Some(book), Path::Direct(addr)) = (self.book.clone(), conn.path()) else {
+            return;
+        };
+        let node = conn.remote_node_id();
+        tokio::task::spawn_blocking(move || {
+            report(book.note_worked(&node, addr, SystemTime::now()));
+        });
     }
 
-    /// Notes addresses learned for `node` (not yet proven to work).
-    pub(crate) fn note_hints(&self, node: &NodeId, addrs: &[SocketAddr], source: AddressSource) {
-        let Some(book) = &self.book else { return };
-        let now = SystemTime::now();
-        for addr in addrs {
-            if let Err(e) = book.note_address(node, *addr, source, now) {
-                tracing::warn!("address book: {e}");
-                return;
+    /// Notes, on a blocking thread, what a DHT record or an MQTT reply offered for `node`
+    /// (addresses with their `source`, and gates; not yet proven to work).
+    pub(crate) fn note_hints_later(
+        &self,
+        node: NodeId,
+        addrs: Vec<SocketAddr>,
+        gates: Vec<(NodeId, SocketAddr)>,
+        source: AddressSource,
+    ) {
+        let Some(book) = self.book.clone() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now();
+            for addr in addrs {
+                report(book.note_address(&node, addr, source, now));
             }
-        }
+            for (gate, addr) in gates {
+                report(book.note_gate(&node, &gate, addr, now));
+            }
+        });
+    }
+}
+
+fn report(result: Result<(), crate::address_book::AddressBookError>) {
+    if let Err(e) = result {
+        tracing::warn!("address book: {e}");
     }
 }
 
@@ -245,7 +281,7 @@ pub(crate) struct WaiterGuard {
 
 impl Drop for WaiterGuard {
     fn drop(&mut self) {
-        lock(&self.state.nudge_waiters).remove(&self.nonce);
+        lock(&self.state.nudge_waiters).remove(&nudge_token(&self.nonce));
         lock(&self.state.reply_waiters).remove(&self.nonce);
     }
 }
