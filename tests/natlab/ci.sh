@@ -10,6 +10,9 @@ fi
 for tool in ip nft conntrack python3; do
   command -v "$tool" >/dev/null || { echo "natlab: $tool missing (see .ci/apt-packages.txt)"; exit 1; }
 done
+# The dialkey scenarios run MQTT brokers (the Debian package installs it in /usr/sbin).
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] \
+  || { echo "natlab: mosquitto missing (see .ci/apt-packages.txt)"; exit 1; }
 [ -e /dev/net/tun ] || { echo "natlab: /dev/net/tun missing (the delay line needs TUN)"; exit 1; }
 t0=$SECONDS
 cargo build -p keywire-cli

@@ -196,6 +196,18 @@ def self_checks(lab, binary):
     ok &= caught
     print(f"self-check: the matrix {'flags' if caught else 'DOES NOT FLAG'} a direct path where "
           f"relayed was expected", flush=True)
+    # dialkey-forged: an attacker who sends nothing must leave the listener's refusal counters
+    # short, so the counters' check is not vacuous (public listener: one dial, a few seconds).
+    import dialkey
+    sc = scenarios.dialkey_forged(trials=1)
+    sc.params["forge_counts"] = (0, 0)
+    kt = dialkey.run_dialkey_trial(lab, binary, sc,
+                                   dialkey.DialkeyPair("port-restricted", "public", "forged"),
+                                   data, data, lab.tmpdir)
+    caught = kt.completed and kt.forged_sent == 0 and not kt.as_expected
+    ok &= caught
+    print(f"self-check: dialkey-forged {'flags' if caught else 'DOES NOT FLAG'} a listener that "
+          f"counted no forged envelopes", flush=True)
     return ok
 
 

@@ -6,6 +6,7 @@ returning `Scenario` objects, registered in SCENARIOS.
 
 from dataclasses import dataclass, field
 
+import dialkey
 import gates
 import matrix
 import natclass
@@ -242,6 +243,56 @@ def punch_faults_ci():
             punch_via(trials=1)]
 
 
+# -- dial a bare key (tests/natlab/dialkey.py): DHT, MQTT, the address book, forged signalling --
+
+def _dialkey(name, doc, pairs, trials, delay_ms, max_ttfb_rtt=40.0):
+    return Scenario(name, doc, pairs, payload_bytes=256 << 10, trials=trials, delay_ms=delay_ms,
+                    run=dialkey.run_scenario, params={"max_ttfb_rtt": max_ttfb_rtt})
+
+
+def dialkey_dht(trials=2, delay_ms=20.0):
+    """`connect <node id>` over the DHT: three public `dht serve` nodes, no gate, both peers
+    behind port-restricted routers; must end direct, introduced by dht-record or dht-intro,
+    first byte within 40 RTTs of spawning the dialer (target 8, reported)."""
+    return _dialkey("dialkey-dht", dialkey_dht.__doc__,
+                    [dialkey.DialkeyPair(PR, PR, "dht")], trials, delay_ms)
+
+
+def dialkey_mqtt(trials=2, delay_ms=20.0):
+    """`connect <node id>` over two mosquitto brokers, a `keywire gate` only as the observer, no
+    relay, both peers behind port-restricted routers (and, as a baseline, a public listener);
+    must end direct, introduced by mqtt-intro, first byte within 40 RTTs of spawning the dialer
+    (target 8, reported)."""
+    return _dialkey("dialkey-mqtt", dialkey_mqtt.__doc__,
+                    [dialkey.DialkeyPair(PR, PR, "mqtt"),
+                     dialkey.DialkeyPair(PR, "public", "mqtt")],
+                    trials, delay_ms)
+
+
+def dialkey_book(trials=2, delay_ms=20.0):
+    """A dialkey-dht dial to a public listener, then the DHT stopped, NAT state flushed, the
+    listener restarted on the same key and port: the dialer's second dial (same --book, no
+    --dht) must go straight to it, introduced by address-book."""
+    return _dialkey("dialkey-book", dialkey_book.__doc__,
+                    [dialkey.DialkeyPair(PR, "public", "book")], trials, delay_ms)
+
+
+def dialkey_forged(trials=2, delay_ms=20.0):
+    """dialkey-mqtt plus an attacker on a public host who captures the dialer's introduction on
+    the listener's MQTT topic, replays it 3 times after the dialer connected and publishes 3
+    garbage payloads: right peer, bytes intact, listener refuses the 3 garbage, counts the 3
+    replays and accepts exactly one introduction. Also with a public listener (the forgery
+    checks run even where the NAT'd pair cannot connect)."""
+    return _dialkey("dialkey-forged", dialkey_forged.__doc__,
+                    [dialkey.DialkeyPair(PR, PR, "forged"),
+                     dialkey.DialkeyPair(PR, "public", "forged")], trials, delay_ms)
+
+
+def dialkey_scenarios(trials):
+    return [dialkey_dht(trials), dialkey_mqtt(trials), dialkey_book(trials),
+            dialkey_forged(trials)]
+
+
 SCENARIOS = {
     "dial-public": dial_public,
     "rtt": rtt,
@@ -261,17 +312,22 @@ SCENARIOS = {
     "punch-silence": punch_silence,
     "punch-flush": punch_flush,
     "punch-via": punch_via,
+    "dialkey-dht": dialkey_dht,
+    "dialkey-mqtt": dialkey_mqtt,
+    "dialkey-book": dialkey_book,
+    "dialkey-forged": dialkey_forged,
 }
 
 
 def ci_scenarios():
     """The short lab CI runs."""
-    return [dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2),
+    return ([dial_public(trials=2), rtt(20.0, trials=2), same_lan(trials=2),
             gate_both_nat(trials=1, payload_bytes=4 * MIB),
             gate_nat_public(trials=1, payload_bytes=4 * MIB),
             gate_path_cut(trials=1, payload_bytes=8 * MIB), gate_failover(trials=1),
             gate_udp_blocked(trials=1, payload_bytes=4 * MIB), gate_udp_unblocked(trials=1),
             nat_classify(trials=1), holepunch_matrix(trials=2)] + punch_faults_ci()
+            + dialkey_scenarios(trials=1))
 
 
 def bench_scenarios():
@@ -283,4 +339,5 @@ def bench_scenarios():
                gate_udp_blocked(trials=5), gate_udp_unblocked(trials=5),
                nat_classify(trials=5), holepunch_matrix(trials=20)]
             + [punch_late(trials=5), punch_loss(trials=5), punch_silence(trials=5),
-               punch_flush(trials=5), punch_via(trials=5)])
+               punch_flush(trials=5), punch_via(trials=5)]
+            + dialkey_scenarios(trials=5))

@@ -1,12 +1,14 @@
 //! `keywire dht lookup <node-id>` and `keywire dht status`: join the DHT for a moment, ask,
-//! print.
+//! print. `keywire dht serve`: run a DHT node in server mode (a bootstrap node) until
+//! interrupted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use keywire::dht::{Dht, DhtConfig, DhtStatus};
+use keywire::dht::{Dht, DhtConfig, DhtStatus, ModeSetting};
+use keywire::proto::kad::KadConfig;
 use keywire::NodeId;
 
 use crate::node::NodeOptions;
@@ -33,6 +35,15 @@ enum DhtCommand {
     Status {
         #[command(flatten)]
         join: JoinArgs,
+    },
+    /// Run a DHT node in server mode (e.g. a bootstrap node) until SIGINT or SIGTERM.
+    Serve {
+        /// Address to serve on (UDP).
+        #[arg(long, value_name = "ADDR")]
+        bind: SocketAddr,
+        /// A known DHT node to join through (repeatable; none: this is the first node).
+        #[arg(long, value_name = "ADDR")]
+        bootstrap: Vec<SocketAddr>,
     },
 }
 
@@ -107,7 +118,46 @@ pub async fn run(opts: &NodeOptions, args: &DhtArgs) -> anyhow::Result<()> {
             print_status(opts.json, &status);
             Ok(())
         }
+        DhtCommand::Serve { bind, bootstrap } => serve(opts, *bind, bootstrap).await,
     }
+}
+
+/// Serves the DHT on `bind` in server mode until SIGINT or SIGTERM (stdin is not read). The
+/// routing table is not saved: a restarted server bootstraps again.
+async fn serve(
+    opts: &NodeOptions,
+    bind: SocketAddr,
+    bootstrap: &[SocketAddr],
+) -> anyhow::Result<()> {
+    let endpoint = opts.endpoint(bind, ALPN)?;
+    let config = DhtConfig {
+        kad: KadConfig {
+            mode: ModeSetting::Server,
+            ..KadConfig::default()
+        },
+        bootstrap: bootstrap.to_vec(),
+        routing_table_file: None,
+    };
+    let dht = Dht::spawn(&endpoint, config);
+    let node_id = endpoint.node_id().to_string();
+    let addr = endpoint.local_addr()?.to_string();
+    if opts.json {
+        output::line(
+            &serde_json::json!({ "event": "dht-serving", "node_id": node_id, "addr": addr })
+                .to_string(),
+        );
+    } else {
+        output::line(&format!("keywire DHT node {node_id} serving on {addr}"));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    dht.shutdown().await;
+    endpoint.close().await;
+    Ok(())
 }
 
 fn default_table() -> anyhow::Result<PathBuf> {

@@ -97,3 +97,51 @@ async fn lookup_and_status_print_json() {
     assert!(status["contacts"].as_u64().unwrap() >= 3);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `keywire dht serve`: prints `dht-serving`, answers a `dht status` join, exits 0 on SIGTERM.
+#[test]
+fn serve_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = std::env::temp_dir().join(format!("kw-dht-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_keywire"))
+        .arg("--key")
+        .arg(dir.join("server.key"))
+        .args(["--json", "dht", "serve", "--bind", "127.91.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let serving: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(serving["event"], "dht-serving");
+    assert!(serving["node_id"].as_str().unwrap().starts_with("kw1"));
+    let addr = serving["addr"].as_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_keywire"))
+        .arg("--key")
+        .arg(dir.join("client.key"))
+        .args(["--json", "dht", "status", "--bind", "127.91.0.2:0"])
+        .args(["--bootstrap", &addr, "--table"])
+        .arg(dir.join("table.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["joined"], true);
+    assert!(status["contacts"].as_u64().unwrap() >= 1);
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(server.wait().unwrap().success(), "exits 0 on SIGTERM");
+    let _ = std::fs::remove_dir_all(dir);
+}
