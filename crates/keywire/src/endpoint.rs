@@ -358,21 +358,28 @@ impl Endpoint {
         result
     }
 
+    /// What every dial checks before sending anything: not ourselves, allowed by our policy,
+    /// a valid ALPN.
+    pub(crate) fn check_dial(&self, node: NodeId, alpn: &[u8]) -> Result<(), ConnectError> {
+        if node == self.inner.node_id {
+            return Err(ConnectError::DialSelf);
+        }
+        if !self.inner.policy.permits(&node) {
+            return Err(ConnectError::Denied(node));
+        }
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(ConnectError::InvalidAlpn);
+        }
+        Ok(())
+    }
+
     async fn connect_inner(
         &self,
         node: &NodeAddr,
         alpn: &[u8],
     ) -> Result<Connection, ConnectError> {
         let expected = node.node_id;
-        if expected == self.inner.node_id {
-            return Err(ConnectError::DialSelf);
-        }
-        if !self.inner.policy.permits(&expected) {
-            return Err(ConnectError::Denied(expected));
-        }
-        if alpn.is_empty() || alpn.len() > 255 {
-            return Err(ConnectError::InvalidAlpn);
-        }
+        self.check_dial(expected, alpn)?;
         if node.direct_addrs.is_empty() {
             return Err(ConnectError::NoAddresses(expected));
         }
@@ -424,15 +431,7 @@ impl Endpoint {
         alpn: &[u8],
         gate: &GateClient,
     ) -> Result<Connection, ConnectError> {
-        if node == self.inner.node_id {
-            return Err(ConnectError::DialSelf);
-        }
-        if !self.inner.policy.permits(&node) {
-            return Err(ConnectError::Denied(node));
-        }
-        if alpn.is_empty() || alpn.len() > 255 {
-            return Err(ConnectError::InvalidAlpn);
-        }
+        self.check_dial(node, alpn)?;
         self.use_gate(gate);
         // Our own candidates travel with the introduction, for going direct later.
         let candidates = self.node_addr().map(|a| a.direct_addrs).unwrap_or_default();

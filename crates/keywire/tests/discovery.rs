@@ -364,3 +364,30 @@ async fn dropping_an_endpoint_with_discovery_frees_its_port() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_is_not_looked_for() {
+    bounded(LIMIT, async {
+        let net = DhtNet::start(101).await;
+        let denied = new_key().node_id();
+        let mut config = EndpointConfig::new(new_key())
+            .bind_addr("127.104.0.1:0".parse().unwrap())
+            .network(keywire::NetworkId::from_name("keywire discovery tests"))
+            .alpn(common::ALPN.to_vec());
+        config.policy.deny.insert(denied);
+        let dialer = common::bind(config);
+        let dht = dht_client(&dialer, net.addrs());
+        dialer
+            .set_discovery(Discovery::new().dht(dht).advertise(false))
+            .unwrap();
+        let started = Instant::now();
+        match dialer.connect(denied, common::ALPN).await {
+            Err(ConnectError::Denied(node)) => assert_eq!(node, denied),
+            other => panic!("expected Denied, got {other:?}"),
+        }
+        // Refused before any lookup or introduction (those take round trips and seconds).
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(dialer.discovery_metrics().unwrap().nudges_sent, 0);
+    })
+    .await;
+}

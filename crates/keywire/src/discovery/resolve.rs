@@ -175,9 +175,8 @@ pub(super) async fn connect(
     alpn: &[u8],
     channels: Use,
 ) -> Result<KeyConnection, ConnectError> {
-    if node == endpoint.node_id() {
-        return Err(ConnectError::DialSelf);
-    }
+    // Before any lookup or introduction: a node we would refuse is not looked for.
+    endpoint.check_dial(node, alpn)?;
     let (outcomes, mut results) = mpsc::channel(32);
     let attempts = Attempts {
         handles: Arc::default(),
