@@ -7,6 +7,18 @@ use std::time::Duration;
 use keywire::dht::{Dht, DhtConfig, ModeSetting};
 use keywire::{Endpoint, EndpointConfig, SecretKey};
 
+/// The JSON of a `keywire --json dht status` run that must have succeeded and joined.
+fn joined_status(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["joined"], true);
+    status
+}
+
 fn node(n: u8, bootstrap: Option<SocketAddr>) -> (Endpoint, Dht, SocketAddr) {
     let config = EndpointConfig::new(SecretKey::generate(&mut rand::rngs::OsRng))
         .bind_addr(format!("127.{n}.0.1:0").parse().unwrap());
@@ -87,13 +99,7 @@ async fn lookup_and_status_print_json() {
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["joined"], true);
+    let status = joined_status(&out);
     assert!(status["contacts"].as_u64().unwrap() >= 3);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -129,13 +135,7 @@ fn serve_answers_and_stops_on_sigterm() {
         .arg(dir.join("table.bin"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["joined"], true);
+    let status = joined_status(&out);
     assert!(status["contacts"].as_u64().unwrap() >= 1);
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
