@@ -68,7 +68,7 @@ from gates import GateProc, gate_host, listener_room, split_addr
 from matrix import brief_events, wait_done
 from netns import in_netns, log, ns_run
 from peers import KeywireProc, bind_addr
-from runner import _median, exchange_problems
+from runner import _median, exchange_problems, run_trials
 
 DHT_HOSTS = [("dht1", "198.51.100.60", "2001:db8:5100::60"),
              ("dht2", "192.0.2.61", "2001:db8:200::61"),
@@ -786,24 +786,20 @@ def _fmt(v, scale=1.0):
     return "-" if v is None else f"{v / scale:.1f}"
 
 
+def dialkey_trial_details(t, rtt_ms):
+    """A dial-by-key trial's log line, between the brackets."""
+    return (f"path {t.path or '-'}->{t.final or '-'}, introduced by "
+            f"{t.introduced_by or '-'}, resolve {t.resolve}, connect "
+            f"{_fmt(t.connect_ms, rtt_ms)} RTTs, ttfb {_fmt(t.ttfb_ms, rtt_ms)} "
+            f"RTTs, kw ttfb {_fmt(t.kw_first_byte_ms, rtt_ms)} RTTs, record wait "
+            f"{_fmt(t.record_wait_ms)} ms (first record {_fmt(t.record_first_ms)} ms), "
+            + (f"1st dial introduced by {t.first.get('introduced_by')} ttfb "
+               f"{_fmt(t.first.get('ttfb_ms'), rtt_ms)} RTTs, " if t.first else "")
+            + f"listener intros {t.intros}, rejected {t.rejected}, forged {t.forged_sent}")
+
+
 def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
-    rows = []
-    for pair in sc.pairs:
-        trials = []
-        for i in range(sc.trials):
-            t = run_dialkey_trial(lab, binary, sc, pair, payload, reply, workdir)
-            trials.append(t)
-            if verbose:
-                log(f"{sc.name} {pair.name} #{i + 1}: "
-                    f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s"
-                    f" (path {t.path or '-'}->{t.final or '-'}, introduced by "
-                    f"{t.introduced_by or '-'}, resolve {t.resolve}, connect "
-                    f"{_fmt(t.connect_ms, lab.rtt_ms)} RTTs, ttfb {_fmt(t.ttfb_ms, lab.rtt_ms)} "
-                    f"RTTs, kw ttfb {_fmt(t.kw_first_byte_ms, lab.rtt_ms)} RTTs, record wait "
-                    f"{_fmt(t.record_wait_ms)} ms (first record {_fmt(t.record_first_ms)} ms), "
-                    + (f"1st dial introduced by {t.first.get('introduced_by')} ttfb "
-                       f"{_fmt(t.first.get('ttfb_ms'), lab.rtt_ms)} RTTs, " if t.first else "")
-                    + f"listener intros {t.intros}, rejected "
-                    f"{t.rejected}, forged {t.forged_sent})" + (f": {t.note}" if t.note else ""))
-        rows.append(summarize(pair, trials, lab.rtt_ms))
-    return rows
+    """Runs a dial-by-key scenario's pairs; returns its table rows."""
+    return run_trials(
+        sc, lambda pair: run_dialkey_trial(lab, binary, sc, pair, payload, reply, workdir),
+        lambda t: dialkey_trial_details(t, lab.rtt_ms), summarize, lab.rtt_ms, verbose)

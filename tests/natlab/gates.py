@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import routers
 from netns import log, nft, ns_run
 from peers import KeywireProc, bind_addr
-from runner import _median, base_row, exchange_problems
+from runner import _median, base_row, exchange_problems, run_trials
 from topology import Room
 
 GATE_HOSTS = [("gate1", "192.0.2.50", "2001:db8:200::50"),  # public hosts of their own
@@ -631,28 +631,23 @@ def nat_log(ev):
             f"{', port-preserving' if ev.get('port_preserving') else ''})")
 
 
+def gate_trial_details(t):
+    """A gate trial's log line, between the brackets."""
+    return (f"start {t.start or '-'} at {t.connect_ms if t.connect_ms is None else round(t.connect_ms)} ms, final {t.final or '-'}, to direct "
+            f"{t.to_direct_ms if t.to_direct_ms is None else round(t.to_direct_ms)} ms, "
+            f"changes {t.changes}, back to relay {t.fallback_ms if t.fallback_ms is None else round(t.fallback_ms)} ms"
+            f", listener back to relay {t.listener_fallback_ms if t.listener_fallback_ms is None else round(t.listener_fallback_ms)} ms"
+            f", dial offset {t.dial_offset_ms if t.dial_offset_ms is None else round(t.dial_offset_ms)} ms"
+            f"{', cut dropped ' + str(t.cut_drops) + ' packets' if t.cut_drops is not None else ''}"
+            + (f", failover {t.killed_gate} -> {t.new_gate} "
+               f"{t.failover_ms if t.failover_ms is None else round(t.failover_ms)} ms, listener "
+               f"follows {t.listener_failover_ms if t.listener_failover_ms is None else round(t.listener_failover_ms)} ms"
+               if t.killed_gate else "")
+            + f", nat dialer {nat_log(t.d_nat)}, listener {nat_log(t.l_nat)}")
+
+
 def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
     """Runs a gate scenario's pairs; returns its table rows."""
-    rows = []
-    for pair in sc.pairs:
-        trials = []
-        for i in range(sc.trials):
-            t = run_gate_trial(lab, binary, sc, pair, payload, reply, workdir)
-            trials.append(t)
-            if verbose:
-                log(f"{sc.name} {pair.name} #{i + 1}: "
-                    f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s"
-                    f" (start {t.start or '-'} at {t.connect_ms if t.connect_ms is None else round(t.connect_ms)} ms, final {t.final or '-'}, to direct "
-                    f"{t.to_direct_ms if t.to_direct_ms is None else round(t.to_direct_ms)} ms, "
-                    f"changes {t.changes}, back to relay {t.fallback_ms if t.fallback_ms is None else round(t.fallback_ms)} ms"
-                    f", listener back to relay {t.listener_fallback_ms if t.listener_fallback_ms is None else round(t.listener_fallback_ms)} ms"
-                    f", dial offset {t.dial_offset_ms if t.dial_offset_ms is None else round(t.dial_offset_ms)} ms"
-                    f"{', cut dropped ' + str(t.cut_drops) + ' packets' if t.cut_drops is not None else ''}"
-                    + (f", failover {t.killed_gate} -> {t.new_gate} "
-                       f"{t.failover_ms if t.failover_ms is None else round(t.failover_ms)} ms, listener "
-                       f"follows {t.listener_failover_ms if t.listener_failover_ms is None else round(t.listener_failover_ms)} ms"
-                       if t.killed_gate else "")
-                    + f", nat dialer {nat_log(t.d_nat)}, listener {nat_log(t.l_nat)})"
-                    + (f": {t.note}" if t.note else ""))
-        rows.append(summarize(pair, trials, lab.rtt_ms))
-    return rows
+    return run_trials(
+        sc, lambda pair: run_gate_trial(lab, binary, sc, pair, payload, reply, workdir),
+        gate_trial_details, summarize, lab.rtt_ms, verbose)

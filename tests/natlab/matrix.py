@@ -50,7 +50,7 @@ import routers
 from gates import GateProc, gate_host, listener_room
 from netns import log
 from peers import KeywireProc, bind_addr
-from runner import _median, exchange_problems
+from runner import _median, exchange_problems, run_trials
 from topology import Room
 
 # Room kinds of the matrix (the order of its table).
@@ -394,25 +394,18 @@ def _fmt(v, scale=1.0):
     return "-" if v is None else f"{v / scale:.1f}"
 
 
-def trial_log(sc, pair, i, t, rtt_ms):
-    log(f"{sc.name} {pair.name} #{i + 1} [{pair.expect}]: "
-        f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s "
-        f"(start {t.start or '-'}, final {t.final or '-'}, ttfb {_fmt(t.ttfb_ms)} ms, "
-        f"to direct {_fmt(t.to_direct_ms)} ms = {_fmt(t.to_direct_ms, rtt_ms)} RTTs, "
-        f"intro->direct {_fmt(t.after_intro_ms, rtt_ms)} RTTs, probes {t.probes}, "
-        f"birthday probes {t.birthday_probes})" + (f": {t.note}" if t.note else ""))
+def matrix_trial_details(t, rtt_ms):
+    """A matrix trial's log line, between the brackets."""
+    return (f"start {t.start or '-'}, final {t.final or '-'}, ttfb {_fmt(t.ttfb_ms)} ms, "
+            f"to direct {_fmt(t.to_direct_ms)} ms = {_fmt(t.to_direct_ms, rtt_ms)} RTTs, "
+            f"intro->direct {_fmt(t.after_intro_ms, rtt_ms)} RTTs, probes {t.probes}, "
+            f"birthday probes {t.birthday_probes}")
 
 
 def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
     """Runs the matrix's pairs; returns its table rows."""
-    rows = []
-    for pair in sc.pairs:
-        trials = []
-        for i in range(sc.trials):
-            t = run_matrix_trial(lab, binary, sc, pair, payload, reply, workdir)
-            trials.append(t)
-            if verbose:
-                trial_log(sc, pair, i, t, lab.rtt_ms)
-        rows.append(summarize(pair, trials, lab.rtt_ms))
-    return rows
+    return run_trials(
+        sc, lambda pair: run_matrix_trial(lab, binary, sc, pair, payload, reply, workdir),
+        lambda t: matrix_trial_details(t, lab.rtt_ms), summarize, lab.rtt_ms, verbose,
+        show_expect=True)
 

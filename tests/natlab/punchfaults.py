@@ -41,7 +41,7 @@ from gates import CUT_TABLE, GateProc, dial_start, gate_host, listener_room, sam
 from matrix import brief_events, wait_done
 from netns import log, nft, ns_run
 from peers import KeywireProc, bind_addr
-from runner import _median, exchange_problems
+from runner import _median, exchange_problems, run_trials
 
 LATE_TABLE = CUT_TABLE + "late"
 
@@ -418,20 +418,16 @@ def _fmt(v):
     return "-" if v is None else f"{v:.0f}"
 
 
+def fault_trial_details(t):
+    """A fault trial's log line, between the brackets."""
+    return (f"start {t.start or '-'}, final {t.final or '-'}, to direct "
+            f"{_fmt(t.to_direct_ms)} ms, lift->direct {_fmt(t.lift_to_direct_ms)} ms, "
+            f"late drops {t.late_drops}, after the flush {t.after_fault or '-'}, "
+            f"introducer {t.gate_used}")
+
+
 def run_scenario(lab, binary, sc, payload, reply, workdir, verbose=True):
     """Runs a fault scenario's pairs; returns its table rows."""
-    rows = []
-    for pair in sc.pairs:
-        trials = []
-        for i in range(sc.trials):
-            t = run_fault_trial(lab, binary, sc, pair, payload, reply, workdir)
-            trials.append(t)
-            if verbose:
-                log(f"{sc.name} {pair.name} #{i + 1}: "
-                    f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s "
-                    f"(start {t.start or '-'}, final {t.final or '-'}, to direct "
-                    f"{_fmt(t.to_direct_ms)} ms, lift->direct {_fmt(t.lift_to_direct_ms)} ms, "
-                    f"late drops {t.late_drops}, after the flush {t.after_fault or '-'}, "
-                    f"introducer {t.gate_used})" + (f": {t.note}" if t.note else ""))
-        rows.append(summarize(pair, trials, lab.rtt_ms))
-    return rows
+    return run_trials(
+        sc, lambda pair: run_fault_trial(lab, binary, sc, pair, payload, reply, workdir),
+        fault_trial_details, summarize, lab.rtt_ms, verbose)

@@ -252,3 +252,23 @@ def format_table(rows, title="", columns=None, left=(0, 4, 9)):
         for note in r["notes"]:
             lines.append(f"  {r['pair']}: {note}")
     return "\n".join(lines)
+
+
+def run_trials(sc, run_trial, details, summarize_rows, rtt_ms, verbose=True, show_expect=False):
+    """Runs each of `sc`'s pairs `sc.trials` times (`run_trial(pair)` -> a trial with
+    `as_expected`, `seconds` and `note`), logs each trial with `details(t)` in brackets (and the
+    pair's expectation if `show_expect`), and returns one `summarize_rows(pair, trials, rtt_ms)`
+    row per pair. The per-scenario modules (gates, matrix, punchfaults, dialkey) share it."""
+    rows = []
+    for pair in sc.pairs:
+        trials = []
+        for i in range(sc.trials):
+            t = run_trial(pair)
+            trials.append(t)
+            if verbose:
+                expect = f" [{pair.expect}]" if show_expect else ""
+                log(f"{sc.name} {pair.name} #{i + 1}{expect}: "
+                    f"{'as expected' if t.as_expected else 'NOT as expected'} in {t.seconds:.1f} s "
+                    f"({details(t)})" + (f": {t.note}" if t.note else ""))
+        rows.append(summarize_rows(pair, trials, rtt_ms))
+    return rows
