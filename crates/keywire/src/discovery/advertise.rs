@@ -46,9 +46,6 @@ const LATE_CHECK: Duration = Duration::from_secs(15);
 const FIRST_RECORD_WAIT: Duration = Duration::from_secs(2);
 /// Most gates a DHT record carries (`docs/dht.md`).
 const MAX_RECORD_GATES: usize = 4;
-/// After an observation got no answer (three requests, 1.5 s), how long before the next: an
-/// observer that is down is not asked in a tight loop.
-const OBSERVE_RETRY: Duration = Duration::from_secs(5);
 /// How often the observer is asked again.
 const OBSERVE_EVERY: Duration = Duration::from_secs(60);
 
@@ -84,26 +81,17 @@ async fn receive_nudges(state: Arc<DiscoveryState>, mut channel: crate::ControlC
 /// peers with our other candidates.
 async fn keep_reflexive(state: Arc<DiscoveryState>) {
     let started = tokio::time::Instant::now();
-    let mut observed: Option<SocketAddr> = None;
-    // When the observer was last asked, and whether it answered.
-    let mut asked: Option<(tokio::time::Instant, bool)> = None;
+    let mut observed: Option<(tokio::time::Instant, SocketAddr)> = None;
     loop {
         if let Some(observer) = state.observer {
-            let due = asked.is_none_or(|(at, answered)| {
-                at.elapsed()
-                    >= if answered {
-                        OBSERVE_EVERY
-                    } else {
-                        OBSERVE_RETRY
-                    }
-            });
-            if due {
-                let answer = state.upgrades.observe(observer).await;
-                asked = Some((tokio::time::Instant::now(), answer.is_some()));
-                observed = answer.or(observed);
+            let stale = observed.is_none_or(|(at, _)| at.elapsed() >= OBSERVE_EVERY);
+            if stale {
+                if let Some(addr) = state.upgrades.observe(observer).await {
+                    observed = Some((tokio::time::Instant::now(), addr));
+                }
             }
         }
-        let mut reflexive: Vec<SocketAddr> = observed.into_iter().collect();
+        let mut reflexive: Vec<SocketAddr> = observed.map(|(_, a)| a).into_iter().collect();
         if let Some(dht) = &state.dht {
             if let Ok(status) = dht.status().await {
                 if let Some(addr) = status.kad.observed_addr {
